@@ -1,0 +1,118 @@
+"""Ends a request exactly once: output CSV, final status, then the completion event through an outbox flag.
+
+Order matters for crash safety:
+1. the output CSV is written to a deterministic key (a second writer overwrites it with the same content);
+2. a conditional update moves the request from Processing to its final status *and* sets ``outbox_pending``
+   in the same document write, so only one writer ever wins and the intent to notify is durable;
+3. the winner publishes ``request.finished`` with a confirm and clears ``outbox_pending``.
+A crash between 2 and 3 leaves ``outbox_pending`` set; the sweeper republishes it (the notifier keeps one
+``webhook-id`` per request, so a duplicate is recognisable downstream).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+
+from services.aggregator.output_csv import write_output_csv
+from shared.broker import Broker
+from shared.database import Database
+from shared.messages import Progress, RequestFinished, RequestStatus, RoutingKey
+from shared.storage import Storage
+from shared.timeutil import utcnow
+
+log = structlog.get_logger()
+
+_OPEN = [RequestStatus.QUEUED.value, RequestStatus.PROCESSING.value]
+
+
+def output_csv_key(request_id: str) -> str:
+    return f"outputs/{request_id}/output.csv"
+
+
+class Finisher:
+    def __init__(self, db: Database, storage: Storage, broker: Broker) -> None:
+        self.db = db
+        self.storage = storage
+        self.broker = broker
+
+    async def finish_if_complete(self, request_id: str) -> bool:
+        request = await self.db.requests.find_one({"_id": request_id})
+        if request is None or request["status"] not in _OPEN or not request.get("fanout_complete"):
+            return False
+        unsettled = await self.db.products.find_one(
+            {"request_id": request_id, "pending": {"$gt": 0}}, projection={"_id": 1}
+        )
+        if unsettled is not None:
+            return False
+        await self._finish(request)
+        return True
+
+    async def _products(self, request_id: str) -> AsyncIterator[dict[str, Any]]:
+        cursor = self.db.products.find({"request_id": request_id}).sort("row", 1).batch_size(500)
+        async for product in cursor:
+            yield product
+
+    async def _finish(self, request: dict[str, Any]) -> None:
+        request_id = request["_id"]
+        spool, size, summary = await write_output_csv(self._products(request_id), request.get("extra_columns", []))
+        try:
+            key = output_csv_key(request_id)
+            await self.storage.put_stream(key, spool, size, "text/csv; charset=utf-8")
+        finally:
+            spool.close()
+        output_url = self.storage.public_url(key)
+        status = RequestStatus.COMPLETED if summary.images_done > 0 else RequestStatus.FAILED
+        error = None if status is RequestStatus.COMPLETED else "no image could be processed; see the errors column"
+        now = utcnow()
+        won = await self.db.requests.update_one(
+            {"_id": request_id, "status": {"$in": _OPEN}},
+            {
+                "$set": {
+                    "status": status.value,
+                    "output_csv_url": output_url,
+                    "error": error,
+                    "images_done": summary.images_done,
+                    "images_failed": summary.images_failed,
+                    "updated_at": now,
+                    "finished_at": now,
+                    "outbox_pending": True,
+                }
+            },
+        )
+        if won.modified_count == 0:
+            log.info("finish_lost_race")
+            return
+        log.info(
+            "request_finished",
+            status=status.value,
+            images_done=summary.images_done,
+            images_failed=summary.images_failed,
+            output_bytes=size,
+        )
+        await self.publish_outbox(request_id)
+
+    async def publish_outbox(self, request_id: str) -> None:
+        """Publish the completion event recorded in the request, then clear the outbox flag."""
+        request = await self.db.requests.find_one({"_id": request_id})
+        if request is None or not request.get("outbox_pending"):
+            return
+        event = RequestFinished(
+            request_id=request_id,
+            status=RequestStatus(request["status"]),
+            output_csv_url=request.get("output_csv_url"),
+            error=request.get("error"),
+            progress=Progress(
+                products_total=request.get("products_total", 0),
+                images_total=request.get("images_total", 0),
+                images_done=request.get("images_done", 0),
+                images_failed=request.get("images_failed", 0),
+                bytes_in=request.get("bytes_in", 0),
+                bytes_out=request.get("bytes_out", 0),
+            ),
+            finished_at=request.get("finished_at") or utcnow(),
+        )
+        await self.broker.publish(RoutingKey.REQUEST_FINISHED, event, message_id=request_id)
+        await self.db.requests.update_one({"_id": request_id}, {"$set": {"outbox_pending": False}})

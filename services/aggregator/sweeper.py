@@ -1,0 +1,67 @@
+"""Periodic recovery so that no request stays unfinished after a crash anywhere.
+
+* ``outbox_pending`` left set (crash after the final status, before the event was confirmed): republish.
+* Processing with the fan-out complete but quiet for ``stuck_after`` seconds: run the exact completion check
+  (covers a counter increment lost between the slot write and the counter write).
+* Queued, or Processing with the fan-out incomplete, and quiet: republish ``request.accepted``; the fan-out
+  resumes from its cursor (covers ingest dying between storing the request and publishing, or mid fan-out).
+Every action is idempotent, so several aggregator replicas may sweep at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import timedelta
+
+import structlog
+
+from services.aggregator.finisher import Finisher
+from shared.broker import Broker
+from shared.database import Database
+from shared.messages import RequestAccepted, RequestStatus, RoutingKey
+from shared.timeutil import utcnow
+
+log = structlog.get_logger()
+
+
+class Sweeper:
+    def __init__(self, db: Database, broker: Broker, finisher: Finisher, interval: float, stuck_after: float):
+        self.db = db
+        self.broker = broker
+        self.finisher = finisher
+        self.interval = interval
+        self.stuck_after = timedelta(seconds=stuck_after)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.sweep_once()
+            except Exception:
+                log.exception("sweep_failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.interval)
+
+    async def sweep_once(self) -> None:
+        async for request in self.db.requests.find({"outbox_pending": True}, projection={"_id": 1}):
+            log.info("sweep_republish_outbox", request_id=request["_id"])
+            await self.finisher.publish_outbox(request["_id"])
+        quiet_since = utcnow() - self.stuck_after
+        stale = self.db.requests.find(
+            {
+                "status": {"$in": [RequestStatus.QUEUED.value, RequestStatus.PROCESSING.value]},
+                "updated_at": {"$lt": quiet_since},
+            },
+            projection={"_id": 1, "fanout_complete": 1},
+        )
+        async for request in stale:
+            request_id = request["_id"]
+            if request.get("fanout_complete"):
+                if await self.finisher.finish_if_complete(request_id):
+                    log.info("sweep_finished_stuck_request", request_id=request_id)
+                continue
+            log.info("sweep_restart_fanout", request_id=request_id)
+            await self.db.requests.update_one({"_id": request_id}, {"$set": {"updated_at": utcnow()}})
+            await self.broker.publish(
+                RoutingKey.REQUEST_ACCEPTED, RequestAccepted(request_id=request_id), message_id=request_id
+            )

@@ -1,0 +1,62 @@
+"""Puts each image result in its product's slot exactly once and notices when a request is complete.
+
+A slot is written with a conditional update (``settled.<i>`` must still be false), so a redelivered result
+changes nothing. Counters on the request give cheap progress and a cheap "maybe complete" signal; the final
+word comes from an indexed probe for any product still pending, which runs only when the counters say done,
+when a duplicate shows up (its counter increment may have been lost in a crash) or from the sweeper.
+"""
+
+from __future__ import annotations
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+from pymongo import ReturnDocument
+
+from services.aggregator.finisher import Finisher
+from shared.database import Database
+from shared.messages import ImageResult
+from shared.timeutil import utcnow
+
+log = structlog.get_logger()
+
+
+class ResultTracker:
+    def __init__(self, db: Database, finisher: Finisher) -> None:
+        self.db = db
+        self.finisher = finisher
+
+    async def handle(self, result: ImageResult, _message: AbstractIncomingMessage) -> None:
+        i = result.index
+        now = utcnow()
+        updated = await self.db.products.update_one(
+            {"_id": result.product_id, f"settled.{i}": False},
+            {
+                "$set": {
+                    f"settled.{i}": True,
+                    f"output_image_urls.{i}": result.output_url if result.ok else None,
+                    f"image_errors.{i}": None if result.ok else (result.error or "failed"),
+                    "updated_at": now,
+                },
+                "$inc": {"pending": -1},
+            },
+        )
+        if updated.modified_count == 0:
+            log.info("result_duplicate", row=result.row, index=i)
+            await self.finisher.finish_if_complete(result.request_id)
+            return
+        counter = "images_done" if result.ok else "images_failed"
+        request = await self.db.requests.find_one_and_update(
+            {"_id": result.request_id},
+            {
+                "$inc": {counter: 1, "bytes_in": result.bytes_in, "bytes_out": result.bytes_out},
+                "$set": {"updated_at": now},
+            },
+            return_document=ReturnDocument.AFTER,
+            projection={"images_done": 1, "images_failed": 1, "images_total": 1, "fanout_complete": 1},
+        )
+        if request is None:
+            log.warning("result_for_unknown_request")
+            return
+        settled = request.get("images_done", 0) + request.get("images_failed", 0)
+        if request.get("fanout_complete") and settled >= request.get("images_total", 0):
+            await self.finisher.finish_if_complete(result.request_id)

@@ -1,0 +1,173 @@
+"""Re-encode one image at quality 50 following the brief's image policy.
+
+Policy, in one place:
+* JPEG stays JPEG and WebP stays WebP. PNG, GIF, BMP, TIFF (no quality knob) become JPEG when opaque and
+  WebP when any pixel is transparent, so transparency is never flattened.
+* Animated GIF/WebP become animated WebP at quality 50 with every frame and its duration kept (GIF has no
+  quality setting; WebP keeps animation and alpha). The pixel budget counts every frame.
+* Dimensions never change. EXIF orientation is applied to the pixels, then every metadata block except the
+  ICC profile is dropped (EXIF, GPS, XMP, comments). CMYK is converted to sRGB through its ICC profile when it
+  has one; 16-bit greyscale is scaled (not clipped) to 8 bits.
+* "Is it an image" is decided by decoding the whole thing, never by URL or Content-Type.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageCms, ImageFile, ImageOps, ImageSequence, UnidentifiedImageError
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+Image.MAX_IMAGE_PIXELS = None  # we enforce our own, clearer, per-request budget below
+
+_LOSSY_KEEP = {"JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WEBP"}
+_ACCEPTED = {"JPEG", "MPO", "WEBP", "PNG", "GIF", "BMP", "TIFF"}
+_SRGB = ImageCms.createProfile("sRGB")
+
+
+class ImageRejected(Exception):
+    """The bytes are not an image we can process; the reason goes to the product record."""
+
+
+@dataclass(frozen=True)
+class Compressed:
+    data: bytes
+    format: str  # "JPEG" or "WEBP"
+    width: int
+    height: int
+
+    @property
+    def extension(self) -> str:
+        return "jpg" if self.format == "JPEG" else "webp"
+
+    @property
+    def content_type(self) -> str:
+        return "image/jpeg" if self.format == "JPEG" else "image/webp"
+
+
+def compress(data: bytes, *, quality: int = 50, max_pixels: int = 100_000_000) -> Compressed:
+    """Decode ``data`` fully and re-encode it; raises :class:`ImageRejected` with a human reason."""
+    if not data:
+        raise ImageRejected("empty body (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            source = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageRejected("not an image (no decoder recognises the bytes)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageRejected(f"cannot read image header: {exc}") from None
+    with source:
+        fmt = source.format or ""
+        if fmt not in _ACCEPTED:
+            raise ImageRejected(f"unsupported image format {fmt or 'unknown'}")
+        width, height = source.size
+        frames = getattr(source, "n_frames", 1) or 1
+        if width * height * frames > max_pixels:
+            raise ImageRejected(f"image is {width}x{height} with {frames} frame(s), over the {max_pixels} pixel limit")
+        try:
+            if frames > 1:
+                return _animated(source, quality)
+            return _still(source, fmt, quality)
+        except ImageRejected:
+            raise
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise ImageRejected(f"image data is corrupt or truncated: {exc}") from None
+
+
+def _still(source: Image.Image, fmt: str, quality: int) -> Compressed:
+    source.load()
+    icc = source.info.get("icc_profile")
+    image = ImageOps.exif_transpose(source) or source
+    image, icc = _to_8bit_colour(image, icc)
+    transparent = _has_transparency(image)
+    target = _LOSSY_KEEP.get(fmt) or ("WEBP" if transparent else "JPEG")
+    if target == "JPEG":
+        image = image.convert("RGBA").convert("RGB") if transparent else image
+        if image.mode == "LA":
+            image = image.convert("L")
+        elif image.mode not in ("L", "RGB"):
+            image = image.convert("RGB")
+    else:
+        image = image.convert("RGBA" if transparent else "RGB") if image.mode not in ("RGB", "RGBA") else image
+    image.info = {}
+    out = io.BytesIO()
+    params: dict[str, object] = {"quality": quality}
+    if icc:
+        params["icc_profile"] = icc
+    if target == "JPEG":
+        params["optimize"] = True
+    else:
+        params["method"] = 4
+    image.save(out, format=target, **params)
+    return Compressed(out.getvalue(), target, image.width, image.height)
+
+
+def _animated(source: Image.Image, quality: int) -> Compressed:
+    frames: list[Image.Image] = []
+    durations: list[int] = []
+    for frame in ImageSequence.Iterator(source):
+        durations.append(int(frame.info.get("duration", source.info.get("duration", 100)) or 100))
+        frames.append(frame.convert("RGBA"))
+    out = io.BytesIO()
+    frames[0].save(
+        out,
+        format="WEBP",
+        save_all=True,
+        append_images=frames[1:],
+        duration=durations,
+        loop=int(source.info.get("loop", 0) or 0),
+        quality=quality,
+        method=4,
+    )
+    return Compressed(out.getvalue(), "WEBP", source.width, source.height)
+
+
+def _to_8bit_colour(image: Image.Image, icc: bytes | None) -> tuple[Image.Image, bytes | None]:
+    """Bring CMYK, 16-bit and odd modes into a mode the encoders take, with the right colours."""
+    if image.mode == "CMYK":
+        if icc:
+            try:
+                source_profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+                return ImageCms.profileToProfile(image, source_profile, _SRGB, outputMode="RGB"), None
+            except (ImageCms.PyCMSError, OSError):
+                pass
+        return image.convert("RGB"), None
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        scaled = image.convert("I").point(lambda value: value * (1 / 256)) if _is_16bit(image) else image
+        return scaled.convert("L"), icc
+    if image.mode == "F":
+        return image.convert("L"), icc
+    if image.mode == "1":
+        return image.convert("L"), icc
+    if image.mode in ("P", "PA"):
+        return image.convert("RGBA" if _palette_transparent(image) else "RGB"), icc
+    if image.mode in ("LA", "La"):
+        return image.convert("RGBA") if image.mode == "La" else image, icc
+    if image.mode == "RGBa":
+        return image.convert("RGBA"), icc
+    if image.mode in ("YCbCr", "LAB", "HSV"):
+        return image.convert("RGB"), icc
+    return image, icc
+
+
+def _is_16bit(image: Image.Image) -> bool:
+    if image.mode.startswith("I;16"):
+        return True
+    extrema = image.getextrema()
+    return isinstance(extrema, tuple) and extrema[1] > 255
+
+
+def _palette_transparent(image: Image.Image) -> bool:
+    return image.mode == "PA" or "transparency" in image.info
+
+
+def _has_transparency(image: Image.Image) -> bool:
+    """True when at least one pixel is not fully opaque (an all-opaque alpha channel does not count)."""
+    if image.mode in ("RGBA", "LA"):
+        alpha = image.getchannel("A")
+        low, _high = alpha.getextrema()
+        return low < 255
+    return "transparency" in image.info

@@ -1,0 +1,102 @@
+"""Download one image with hard limits: bytes, time, redirects and SSRF checks on every hop.
+
+Errors are classified here because only the HTTP layer knows whether trying again can help.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from urllib.parse import urljoin
+
+import aiohttp
+
+from shared.url_guard import BlockedAddressError, check_literal_host
+
+_REDIRECTS = {301, 302, 303, 307, 308}
+_CHUNK = 64 * 1024
+
+
+class DownloadError(Exception):
+    """Why an image could not be fetched; ``transient`` says whether a later attempt may succeed."""
+
+    def __init__(self, reason: str, *, transient: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.transient = transient
+
+
+@dataclass(frozen=True)
+class DownloadLimits:
+    max_bytes: int
+    max_redirects: int
+    total_timeout: float
+    allow_private: bool
+
+
+def _blocked_cause(exc: BaseException) -> BlockedAddressError | None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, BlockedAddressError):
+            return seen
+        seen = getattr(seen, "os_error", None) or seen.__cause__ or seen.__context__
+    return None
+
+
+async def download(session: aiohttp.ClientSession, url: str, limits: DownloadLimits) -> bytes:
+    """Return the body of ``url`` or raise :class:`DownloadError`; never reads more than ``max_bytes``."""
+    try:
+        async with asyncio.timeout(limits.total_timeout):
+            return await _follow(session, url, limits)
+    except TimeoutError:
+        raise DownloadError(f"timed out after {limits.total_timeout:g}s", transient=True) from None
+    except DownloadError:
+        raise
+    except aiohttp.ClientError as exc:
+        blocked = _blocked_cause(exc)
+        if blocked is not None:
+            raise DownloadError(str(blocked), transient=False) from None
+        if isinstance(exc, aiohttp.InvalidURL):
+            raise DownloadError(f"invalid URL: {exc}", transient=False) from None
+        raise DownloadError(f"connection failed: {type(exc).__name__}: {exc}"[:300], transient=True) from None
+    except BlockedAddressError as exc:
+        raise DownloadError(str(exc), transient=False) from None
+
+
+async def _follow(session: aiohttp.ClientSession, url: str, limits: DownloadLimits) -> bytes:
+    for _hop in range(limits.max_redirects + 1):
+        check_literal_host(url, limits.allow_private)
+        async with session.get(url, allow_redirects=False) as response:
+            if response.status in _REDIRECTS:
+                location = response.headers.get("Location")
+                if not location:
+                    raise DownloadError(f"HTTP {response.status} without a Location header", transient=False)
+                url = urljoin(url, location)
+                if not url.lower().startswith(("http://", "https://")):
+                    raise DownloadError("redirect to a non-http(s) URL", transient=False)
+                continue
+            _raise_for_status(response.status)
+            return await _read_limited(response, limits.max_bytes)
+    raise DownloadError(f"more than {limits.max_redirects} redirects", transient=False)
+
+
+def _raise_for_status(status: int) -> None:
+    if 200 <= status < 300:
+        return
+    if status == 429 or status >= 500 or status == 408:
+        raise DownloadError(f"HTTP {status} from image host", transient=True)
+    raise DownloadError(f"HTTP {status} from image host", transient=False)
+
+
+async def _read_limited(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    declared = response.content_length
+    if declared is not None and declared > max_bytes:
+        raise DownloadError(f"image is {declared} bytes; the limit is {max_bytes}", transient=False)
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(_CHUNK):
+        body.extend(chunk)
+        if len(body) > max_bytes:
+            raise DownloadError(f"image is larger than the limit of {max_bytes} bytes", transient=False)
+    if not body:
+        raise DownloadError("empty response body (0 bytes)", transient=False)
+    return bytes(body)

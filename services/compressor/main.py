@@ -1,0 +1,69 @@
+"""Compressor process: consumes image tasks with bounded prefetch and a pool of codec threads."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import aiohttp
+
+from services.compressor.download import DownloadLimits
+from services.compressor.worker import CompressorWorker
+from shared.broker import Broker
+from shared.logging import configure_logging
+from shared.messages import ImageTask, Queue
+from shared.runtime import install_stop_signals, start_health_server
+from shared.settings import get_settings
+from shared.storage import Storage
+from shared.url_guard import make_resolver
+
+
+async def run() -> None:
+    settings = get_settings()
+    log = configure_logging("compressor", settings.log_level)
+    stop = install_stop_signals()
+    broker = Broker(settings.amqp_url.get_secret_value(), settings.exchange)
+    storage = Storage(settings)
+    await storage.ensure_bucket()
+    await broker.connect()
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout, sock_read=settings.read_timeout)
+    connector = aiohttp.TCPConnector(resolver=make_resolver(settings.allow_private_urls), limit=64)
+    executor = ThreadPoolExecutor(max_workers=settings.compressor_workers, thread_name_prefix="codec")
+    async with aiohttp.ClientSession(
+        timeout=timeout, connector=connector, headers={"User-Agent": "pixpress/0.1"}
+    ) as session:
+        worker = CompressorWorker(
+            broker=broker,
+            storage=storage,
+            session=session,
+            executor=executor,
+            limits=DownloadLimits(
+                max_bytes=settings.max_image_bytes,
+                max_redirects=settings.max_redirects,
+                total_timeout=settings.download_timeout,
+                allow_private=settings.allow_private_urls,
+            ),
+            quality=settings.jpeg_quality,
+            max_pixels=settings.max_image_pixels,
+            max_attempts=settings.image_max_attempts,
+            retry_base_ms=settings.retry_base_delay_ms,
+        )
+
+        async def check() -> dict[str, bool]:
+            return {"broker": broker.connected, "storage": await storage.healthy()}
+
+        health = await start_health_server(check, settings.health_host, settings.health_port)
+        await broker.consume(Queue.IMAGES, ImageTask, worker.handle, settings.compressor_prefetch)
+        log.info("compressor_started", prefetch=settings.compressor_prefetch, codec_threads=settings.compressor_workers)
+        await stop.wait()
+        log.info("compressor_stopping")
+        await broker.stop_consuming()
+        await broker.close()
+        if health is not None:
+            await health.cleanup()
+    executor.shutdown(wait=True)
+    log.info("compressor_stopped")
+
+
+def main() -> None:
+    asyncio.run(run())

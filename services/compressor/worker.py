@@ -1,0 +1,102 @@
+"""Handles one ImageTask: download, compress off the event loop, store, report; retries go through the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+
+from services.compressor.compress import Compressed, ImageRejected, compress
+from services.compressor.download import DownloadError, DownloadLimits, download
+from shared.broker import Broker
+from shared.messages import ImageResult, ImageTask, RoutingKey
+from shared.storage import Storage
+
+log = structlog.get_logger()
+
+
+def output_key(task: ImageTask, extension: str) -> str:
+    """Deterministic, so a redelivered task overwrites its own output instead of adding a copy."""
+    return f"images/{task.request_id}/{task.row:07d}-{task.index:02d}.{extension}"
+
+
+def retry_delay_ms(base_ms: int, attempt: int) -> int:
+    """Exponential backoff with jitter, rounded to 10% steps so only a few delay queues ever exist."""
+    jitter = random.choice((1.0, 1.1, 1.2, 1.3))
+    return int(base_ms * (2 ** (attempt - 1)) * jitter)
+
+
+@dataclass
+class CompressorWorker:
+    broker: Broker
+    storage: Storage
+    session: aiohttp.ClientSession
+    executor: Executor
+    limits: DownloadLimits
+    quality: int
+    max_pixels: int
+    max_attempts: int
+    retry_base_ms: int
+
+    async def handle(self, task: ImageTask, _message: AbstractIncomingMessage) -> None:
+        structlog.contextvars.bind_contextvars(row=task.row, index=task.index, attempt=task.attempt)
+        try:
+            data = await download(self.session, task.url, self.limits)
+        except DownloadError as exc:
+            if exc.transient and task.attempt < self.max_attempts:
+                delay = retry_delay_ms(self.retry_base_ms, task.attempt)
+                log.info("image_retry_scheduled", reason=exc.reason, delay_ms=delay)
+                retry = task.model_copy(update={"attempt": task.attempt + 1})
+                await self.broker.publish_delayed(RoutingKey.IMAGE_TODO, retry, delay)
+                return
+            suffix = f" (after {task.attempt} attempts)" if exc.transient else ""
+            await self._fail(task, f"download failed: {exc.reason}{suffix}", 0)
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            result: Compressed = await loop.run_in_executor(
+                self.executor, _compress_job, data, self.quality, self.max_pixels
+            )
+        except ImageRejected as exc:
+            await self._fail(task, str(exc), len(data))
+            return
+        key = output_key(task, result.extension)
+        await self.storage.put_bytes(key, result.data, result.content_type)
+        await self.broker.publish(
+            RoutingKey.IMAGE_DONE,
+            ImageResult(
+                request_id=task.request_id,
+                product_id=task.product_id,
+                row=task.row,
+                index=task.index,
+                ok=True,
+                output_url=self.storage.public_url(key),
+                bytes_in=len(data),
+                bytes_out=len(result.data),
+            ),
+        )
+        log.info("image_done", bytes_in=len(data), bytes_out=len(result.data), format=result.format)
+
+    async def _fail(self, task: ImageTask, reason: str, bytes_in: int) -> None:
+        log.info("image_failed", reason=reason)
+        await self.broker.publish(
+            RoutingKey.IMAGE_DONE,
+            ImageResult(
+                request_id=task.request_id,
+                product_id=task.product_id,
+                row=task.row,
+                index=task.index,
+                ok=False,
+                error=reason[:500],
+                bytes_in=bytes_in,
+            ),
+        )
+
+
+def _compress_job(data: bytes, quality: int, max_pixels: int) -> Compressed:
+    return compress(data, quality=quality, max_pixels=max_pixels)

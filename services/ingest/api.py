@@ -1,0 +1,114 @@
+"""The HTTP API: routes, API-key middleware and the read-only views over MongoDB."""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from services.ingest.problems import problem
+from services.ingest.records import product_view, status_view, webhook_view
+from services.ingest.upload import UploadHandler
+from shared.database import Database
+from shared.runtime import HealthCheck, health_routes
+from shared.settings import Settings
+
+_OPEN_PATHS = frozenset({"/healthz"})
+MAX_PAGE = 500
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def api_key_middleware(settings: Settings) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """With ``PIXPRESS_API_KEY`` set every route but the health check needs ``X-API-Key``; unset, all is open."""
+    expected = settings.api_key.get_secret_value().encode() if settings.api_key else None
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if expected is not None and request.path not in _OPEN_PATHS:
+            given = request.headers.get("X-API-Key", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return problem(401, "unauthorized", "Unauthorized", "a valid X-API-Key header is required")
+        return await handler(request)
+
+    return middleware
+
+
+def _request_id(request: web.Request) -> str:
+    raw = request.match_info["request_id"]
+    try:
+        return str(uuid.UUID(raw, version=4))
+    except ValueError:
+        raise web.HTTPBadRequest(
+            text='{"error": "malformed request id; expected a UUID"}', content_type="application/json"
+        ) from None
+
+
+class ReadViews:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def _load(self, request: web.Request) -> dict:
+        request_id = _request_id(request)
+        document = await self.db.requests.find_one({"_id": request_id})
+        if document is None:
+            raise web.HTTPNotFound(
+                text=f'{{"error": "request {request_id} not found"}}', content_type="application/json"
+            )
+        return document
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(status_view(await self._load(request)))
+
+    async def detail(self, request: web.Request) -> web.Response:
+        document = await self._load(request)
+        body = status_view(document)
+        body["webhook"] = webhook_view(document)
+        return web.json_response(body)
+
+    async def products(self, request: web.Request) -> web.Response:
+        document = await self._load(request)
+        try:
+            offset = int(request.query.get("offset", "0"))
+            limit = int(request.query.get("limit", "100"))
+        except ValueError:
+            return problem(400, "bad-paging", "Bad paging", "offset and limit must be integers")
+        if offset < 0 or not (1 <= limit <= MAX_PAGE):
+            return problem(400, "bad-paging", "Bad paging", f"offset >= 0 and 1 <= limit <= {MAX_PAGE}")
+        cursor = self.db.products.find({"request_id": document["_id"]}).sort("row", 1).skip(offset).limit(limit)
+        items = [product_view(product) async for product in cursor]
+        total = document.get("products_total", 0)
+        body: dict = {"request_id": document["_id"], "offset": offset, "limit": limit, "total": total, "items": items}
+        if offset + len(items) < total:
+            body["next"] = f"/requests/{document['_id']}/products?offset={offset + len(items)}&limit={limit}"
+        return web.json_response(body)
+
+    async def output_csv(self, request: web.Request) -> web.Response:
+        document = await self._load(request)
+        url = document.get("output_csv_url")
+        if not url:
+            return problem(
+                409,
+                "not-ready",
+                "Output not ready",
+                f"the request is {document['status']}; the output CSV does not exist yet",
+            )
+        raise web.HTTPFound(url)
+
+
+def build_app(settings: Settings, db: Database, upload: UploadHandler, check: HealthCheck) -> web.Application:
+    app = web.Application(middlewares=[api_key_middleware(settings)], client_max_size=settings.max_csv_bytes + 65536)
+    views = ReadViews(db)
+    app.add_routes(
+        [
+            web.post("/upload", upload),
+            web.get("/status/{request_id}", views.status),
+            web.get("/requests/{request_id}", views.detail),
+            web.get("/requests/{request_id}/products", views.products),
+            web.get("/requests/{request_id}/output.csv", views.output_csv),
+            *health_routes(check),
+        ]
+    )
+    return app

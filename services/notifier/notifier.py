@@ -1,0 +1,76 @@
+"""Consumes completion events and delivers webhooks; retries wait in broker delay queues, not in memory.
+
+Each attempt is appended to the request document (``webhook_attempts``) so the API can show it. After the
+last attempt the event is rejected into ``notifier.webhooks.dlq`` and the request's ``webhook_state`` becomes
+``dead``; the request itself stays Completed.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+
+from services.notifier.delivery import post_webhook
+from shared.broker import Broker, PoisonMessage
+from shared.database import Database
+from shared.messages import RequestFinished, RoutingKey
+from shared.settings import Settings
+from shared.timeutil import utcnow
+
+log = structlog.get_logger()
+
+
+class Notifier:
+    def __init__(self, settings: Settings, db: Database, broker: Broker, session: aiohttp.ClientSession) -> None:
+        self.settings = settings
+        self.db = db
+        self.broker = broker
+        self.session = session
+        self.secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+
+    def delay_ms(self, attempt: int) -> int:
+        delays = self.settings.webhook_retry_delays_ms
+        return delays[min(attempt - 1, len(delays) - 1)]
+
+    async def handle(self, event: RequestFinished, _message: AbstractIncomingMessage) -> None:
+        request = await self.db.requests.find_one(
+            {"_id": event.request_id}, projection={"webhook_url": 1, "webhook_state": 1}
+        )
+        if request is None:
+            log.warning("webhook_unknown_request")
+            return
+        url = request.get("webhook_url")
+        if not url:
+            return
+        if request.get("webhook_state") == "delivered":
+            log.info("webhook_already_delivered")
+            return
+        attempt = await post_webhook(
+            self.session,
+            url,
+            event,
+            secret=self.secret,
+            allow_private=self.settings.allow_private_urls,
+            sent_at=utcnow(),
+        )
+        last = event.attempt >= self.settings.webhook_max_attempts
+        state = "delivered" if attempt.ok else ("dead" if last else "retrying")
+        await self.db.requests.update_one(
+            {"_id": event.request_id},
+            {"$push": {"webhook_attempts": attempt.as_document()}, "$set": {"webhook_state": state}},
+        )
+        log.info(
+            "webhook_attempt",
+            attempt=event.attempt,
+            ok=attempt.ok,
+            status_code=attempt.status_code,
+            error=attempt.error,
+            duration_ms=attempt.duration_ms,
+        )
+        if attempt.ok:
+            return
+        if last:
+            raise PoisonMessage(f"webhook failed after {event.attempt} attempts: {attempt.error}")
+        retry = event.model_copy(update={"attempt": event.attempt + 1})
+        await self.broker.publish_delayed(RoutingKey.REQUEST_FINISHED, retry, self.delay_ms(event.attempt))

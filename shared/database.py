@@ -1,0 +1,63 @@
+"""MongoDB access through pymongo's asyncio client (``AsyncMongoClient``; Motor is deprecated).
+
+Only features FerretDB 1.x implements are used: single-document atomic updates with ``$set``/``$inc`` and
+dotted array positions, ``find`` with sort/skip/limit, ``insert_many(ordered=False)`` and ``count_documents``.
+No transactions, change streams or ``$lookup``: FerretDB 1.x has none of them.
+"""
+
+from __future__ import annotations
+
+from pymongo import ASCENDING, AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from shared.settings import Settings
+
+
+class Database:
+    def __init__(self, settings: Settings) -> None:
+        self.client: AsyncMongoClient = AsyncMongoClient(
+            settings.mongo_url.get_secret_value(), tz_aware=True, serverSelectionTimeoutMS=5000
+        )
+        self.db: AsyncDatabase = self.client[settings.mongo_db]
+
+    @property
+    def requests(self) -> AsyncCollection:
+        return self.db["requests"]
+
+    @property
+    def products(self) -> AsyncCollection:
+        return self.db["products"]
+
+    @property
+    def idempotency_keys(self) -> AsyncCollection:
+        """Keyed by the client's Idempotency-Key in ``_id``: uniqueness without a sparse index."""
+        return self.db["idempotency_keys"]
+
+    async def connect(self, wait_seconds: float = 120.0) -> None:
+        """Wait for the database, then make sure the indexes the queries rely on exist."""
+        async for attempt in AsyncRetrying(
+            stop=stop_after_delay(wait_seconds),
+            wait=wait_exponential(multiplier=0.2, max=5),
+            retry=retry_if_exception_type(PyMongoError),
+            reraise=True,
+        ):
+            with attempt:
+                await self.client.admin.command("ping")
+        # products are read in row order per request (status pages, output CSV) and probed for unsettled
+        # images when a request may be complete.
+        await self.products.create_index([("request_id", ASCENDING), ("row", ASCENDING)], name="request_row")
+        await self.products.create_index([("request_id", ASCENDING), ("pending", ASCENDING)], name="request_pending")
+        await self.requests.create_index([("status", ASCENDING), ("updated_at", ASCENDING)], name="status_updated")
+
+    async def healthy(self) -> bool:
+        try:
+            await self.client.admin.command("ping")
+        except PyMongoError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self.client.close()

@@ -1,0 +1,40 @@
+"""Structured JSON logs on stdout; ``request_id`` is bound through contextvars so every line carries it."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+_SECRET_KEYS = frozenset({"webhook_secret", "secret", "password", "api_key", "authorization", "amqp_url"})
+
+
+def _redact(_logger: object, _name: str, event: dict) -> dict:
+    """Never let a secret reach the logs, even if a caller passes one by mistake."""
+    for key in list(event):
+        if key.lower() in _SECRET_KEYS:
+            event[key] = "***"
+    return event
+
+
+def configure_logging(service: str, level: str = "INFO") -> structlog.stdlib.BoundLogger:
+    """Route stdlib and structlog output through one JSON renderer tagged with the service name."""
+    logging.basicConfig(format="%(message)s", stream=sys.stdout, level=level.upper())
+    for noisy in ("aiormq", "aio_pika", "pymongo", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.bind_contextvars(service=service)
+    return structlog.get_logger()

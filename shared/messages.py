@@ -1,0 +1,116 @@
+"""The only contract between services: pydantic models for every message and the routing keys they travel on.
+
+Messages carry ids and small facts, never image bytes; anything large lives in MinIO or MongoDB.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RoutingKey(StrEnum):
+    """Topic routing keys on the main exchange."""
+
+    REQUEST_ACCEPTED = "request.accepted"
+    IMAGE_TODO = "image.todo"
+    IMAGE_DONE = "image.done"
+    REQUEST_FINISHED = "request.finished"
+
+
+class Queue(StrEnum):
+    """Consumer queues; each has a dead-letter twin named ``<queue>.dlq``."""
+
+    FANOUT = "ingest.fanout"
+    IMAGES = "compressor.images"
+    RESULTS = "aggregator.results"
+    WEBHOOKS = "notifier.webhooks"
+
+
+QUEUE_BINDINGS: dict[Queue, RoutingKey] = {
+    Queue.FANOUT: RoutingKey.REQUEST_ACCEPTED,
+    Queue.IMAGES: RoutingKey.IMAGE_TODO,
+    Queue.RESULTS: RoutingKey.IMAGE_DONE,
+    Queue.WEBHOOKS: RoutingKey.REQUEST_FINISHED,
+}
+
+
+class RequestStatus(StrEnum):
+    """Seed spellings; clients match on these strings."""
+
+    QUEUED = "Queued"
+    PROCESSING = "Processing"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+
+
+class Message(BaseModel):
+    """Strict parsing: an unknown or missing field makes a message poison rather than half-understood."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RequestAccepted(Message):
+    """Ingest stored the CSV and the request; fan-out may begin."""
+
+    request_id: str
+
+
+class ImageTask(Message):
+    """One input URL to download, compress and store."""
+
+    request_id: str
+    product_id: str
+    row: int = Field(ge=1)
+    index: int = Field(ge=0)
+    url: str
+    attempt: int = Field(default=1, ge=1)
+
+
+class ImageResult(Message):
+    """The settled outcome of one ImageTask: an output URL or a reason."""
+
+    request_id: str
+    product_id: str
+    row: int = Field(ge=1)
+    index: int = Field(ge=0)
+    ok: bool
+    output_url: str | None = None
+    error: str | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+class Progress(Message):
+    """Counts reported by the status API and in webhooks."""
+
+    products_total: int = 0
+    images_total: int = 0
+    images_done: int = 0
+    images_failed: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+    @property
+    def images_settled(self) -> int:
+        return self.images_done + self.images_failed
+
+    @property
+    def percent(self) -> float:
+        if self.images_total == 0:
+            return 0.0
+        return round(100.0 * self.images_settled / self.images_total, 2)
+
+
+class RequestFinished(Message):
+    """A request reached its final status; the notifier turns this into a webhook."""
+
+    request_id: str
+    status: RequestStatus
+    output_csv_url: str | None = None
+    error: str | None = None
+    progress: Progress
+    finished_at: datetime
+    attempt: int = Field(default=1, ge=1)

@@ -1,0 +1,48 @@
+"""The life cycle every service shares: logging, a health endpoint, SIGTERM handling and orderly shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+HealthCheck = Callable[[], Awaitable[dict[str, bool]]]
+
+log = structlog.get_logger()
+
+
+def health_routes(check: HealthCheck) -> list[web.RouteDef]:
+    """``GET /healthz``: 200 when every dependency answers, 503 naming the ones that do not."""
+
+    async def healthz(_request: web.Request) -> web.Response:
+        results = await check()
+        healthy = all(results.values())
+        return web.json_response(
+            {"status": "ok" if healthy else "unhealthy", "checks": results}, status=200 if healthy else 503
+        )
+
+    return [web.get("/healthz", healthz)]
+
+
+async def start_health_server(check: HealthCheck, host: str, port: int) -> web.AppRunner | None:
+    """Workers have no API, so they expose only the health route; port 0 turns it off."""
+    if port == 0:
+        return None
+    app = web.Application()
+    app.add_routes(health_routes(check))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+def install_stop_signals() -> asyncio.Event:
+    """SIGTERM and SIGINT set an event instead of killing the loop, so in-flight work can finish."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop

@@ -1,0 +1,100 @@
+"""Object storage (MinIO / any S3) behind a small async facade.
+
+The minio SDK is blocking, so calls run in worker threads. Objects under ``images/`` and ``outputs/`` are
+public-read (clients GET them without credentials, as the brief requires); raw uploads under ``uploads/`` stay
+private.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from typing import BinaryIO
+
+from minio import Minio
+from minio.error import S3Error
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from urllib3.exceptions import HTTPError
+
+from shared.settings import Settings
+
+PUBLIC_PREFIXES = ("images/", "outputs/")
+STORAGE_ERRORS = (S3Error, HTTPError, OSError)
+
+
+def _public_read_policy(bucket: str) -> str:
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"AWS": ["*"]},
+                    "Action": ["s3:GetObject"],
+                    "Resource": [f"arn:aws:s3:::{bucket}/{prefix}*" for prefix in PUBLIC_PREFIXES],
+                }
+            ],
+        }
+    )
+
+
+class Storage:
+    def __init__(self, settings: Settings) -> None:
+        self._bucket = settings.s3_bucket
+        self._public_base = settings.public_base
+        self._client = Minio(
+            settings.s3_endpoint,
+            access_key=settings.s3_access_key.get_secret_value(),
+            secret_key=settings.s3_secret_key.get_secret_value(),
+            secure=settings.s3_secure,
+        )
+
+    async def ensure_bucket(self, wait_seconds: float = 120.0) -> None:
+        """Create the bucket and its public-read policy, waiting for a storage server that is still booting."""
+        async for attempt in AsyncRetrying(
+            stop=stop_after_delay(wait_seconds),
+            wait=wait_exponential(multiplier=0.2, max=5),
+            retry=retry_if_exception_type(STORAGE_ERRORS),
+            reraise=True,
+        ):
+            with attempt:
+                await asyncio.to_thread(self._ensure_bucket_sync)
+
+    def _ensure_bucket_sync(self) -> None:
+        if not self._client.bucket_exists(self._bucket):
+            try:
+                self._client.make_bucket(self._bucket)
+            except S3Error as exc:  # another service created it first
+                if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+        self._client.set_bucket_policy(self._bucket, _public_read_policy(self._bucket))
+
+    def public_url(self, key: str) -> str:
+        return f"{self._public_base}/{key}"
+
+    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        await asyncio.to_thread(
+            self._client.put_object, self._bucket, key, io.BytesIO(data), len(data), content_type=content_type
+        )
+
+    async def put_stream(self, key: str, stream: BinaryIO, length: int, content_type: str) -> None:
+        await asyncio.to_thread(self._client.put_object, self._bucket, key, stream, length, content_type=content_type)
+
+    async def download_to_file(self, key: str, path: str) -> None:
+        await asyncio.to_thread(self._client.fget_object, self._bucket, key, path)
+
+    async def exists(self, key: str) -> bool:
+        try:
+            await asyncio.to_thread(self._client.stat_object, self._bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject"):
+                return False
+            raise
+        return True
+
+    async def healthy(self) -> bool:
+        try:
+            return await asyncio.to_thread(self._client.bucket_exists, self._bucket)
+        except STORAGE_ERRORS:
+            return False

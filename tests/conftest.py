@@ -1,0 +1,50 @@
+"""Fixtures for tests that talk to the running stack (``make test`` starts it) and local fake servers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from tests.support.client import API
+from tests.support.servers import ImageHost, WebhookReceiver
+
+
+@pytest.fixture(scope="session")
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        yield session
+
+
+@pytest.fixture(scope="session")
+async def stack(http: aiohttp.ClientSession) -> str:
+    """The API must answer; the tests never fake it. ``make test`` brings the stack up first."""
+    last_error = ""
+    for _ in range(60):
+        try:
+            async with http.get(f"{API}/healthz") as response:
+                if response.status == 200:
+                    return API
+                last_error = await response.text()
+        except aiohttp.ClientError as exc:
+            last_error = str(exc)
+        await asyncio.sleep(1)
+    pytest.fail(f"pixpress API at {API} is not healthy (run `make up`): {last_error}")
+
+
+@pytest.fixture
+async def image_host() -> AsyncIterator[ImageHost]:
+    host = ImageHost()
+    await host.start()
+    yield host
+    await host.stop()
+
+
+@pytest.fixture
+async def webhook() -> AsyncIterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+    await receiver.start()
+    yield receiver
+    await receiver.stop()
