@@ -51,8 +51,7 @@ class ResultTracker:
                 "$inc": {counter: 1, "bytes_in": result.bytes_in, "bytes_out": result.bytes_out},
                 "$set": {"updated_at": now},
             },
-            return_document=ReturnDocument.AFTER,
-            projection={"images_done": 1, "images_failed": 1, "images_total": 1, "fanout_complete": 1},
+            return_document=ReturnDocument.AFTER,  # no projection: FerretDB 1.x findAndModify rejects "fields"
         )
         if request is None:
             log.warning("result_for_unknown_request")
