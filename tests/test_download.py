@@ -1,0 +1,84 @@
+"""The downloader against a real local HTTP server with faults; the SSRF guard on real resolution."""
+
+from __future__ import annotations
+
+import time
+
+import aiohttp
+import pytest
+
+from services.compressor.download import DownloadError, DownloadLimits, download
+from shared.url_guard import address_blocked, make_resolver
+from tests.support.photos import photo_bytes
+from tests.support.servers import ImageHost
+
+OPEN = DownloadLimits(max_bytes=5_000_000, max_redirects=3, total_timeout=3.0, allow_private=True)
+
+
+async def fetch(url: str, limits: DownloadLimits = OPEN) -> bytes:
+    connector = aiohttp.TCPConnector(resolver=make_resolver(limits.allow_private))
+    timeout = aiohttp.ClientTimeout(sock_connect=1.0, sock_read=2.0)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        return await download(session, url, limits)
+
+
+async def test_photo_downloads_whole(image_host: ImageHost):
+    body = photo_bytes("rocket.jpg")
+    assert await fetch(image_host.add("rocket.jpg", body)) == body
+
+
+@pytest.mark.parametrize(("code", "transient"), [(404, False), (410, False), (403, False), (429, True),
+                                                  (500, True), (503, True)])
+async def test_status_codes_are_classified(image_host: ImageHost, code: int, transient: bool):
+    with pytest.raises(DownloadError) as info:
+        await fetch(image_host.url(f"/status/{code}"))
+    assert info.value.transient is transient
+    assert f"HTTP {code}" in info.value.reason
+
+
+async def test_hanging_host_fails_in_bounded_time(image_host: ImageHost):
+    started = time.monotonic()
+    with pytest.raises(DownloadError) as info:
+        await fetch(image_host.url("/hang"))
+    assert info.value.transient
+    assert time.monotonic() - started < 5
+
+
+async def test_endless_body_stops_at_the_byte_limit(image_host: ImageHost):
+    limits = DownloadLimits(max_bytes=1_000_000, max_redirects=0, total_timeout=10, allow_private=True)
+    with pytest.raises(DownloadError, match="larger than the limit") as info:
+        await fetch(image_host.url("/huge"), limits)
+    assert not info.value.transient
+
+
+async def test_redirects_are_followed_up_to_the_limit(image_host: ImageHost):
+    image_host.add("cat.png", photo_bytes("chelsea.png"), "image/png")
+    assert await fetch(image_host.url("/redirect/3/cat.png")) == photo_bytes("chelsea.png")
+    with pytest.raises(DownloadError, match="more than 3 redirects"):
+        await fetch(image_host.url("/redirect/4/cat.png"))
+
+
+async def test_zero_byte_body_fails(image_host: ImageHost):
+    with pytest.raises(DownloadError, match="empty"):
+        await fetch(image_host.add("empty.jpg", b""))
+
+
+async def test_private_addresses_are_refused_when_the_guard_is_on(image_host: ImageHost):
+    guarded = DownloadLimits(max_bytes=1_000_000, max_redirects=3, total_timeout=3, allow_private=False)
+    url = image_host.add("a.jpg", photo_bytes("rocket.jpg"))
+    for candidate in (url, url.replace("127.0.0.1", "localhost")):
+        with pytest.raises(DownloadError, match="not allowed") as info:
+            await fetch(candidate, guarded)
+        assert not info.value.transient
+    assert image_host.hits["a.jpg"] == 0
+
+
+@pytest.mark.parametrize(
+    ("address", "blocked"),
+    [("127.0.0.1", True), ("10.1.2.3", True), ("172.16.0.1", True), ("192.168.1.1", True),
+     ("169.254.169.254", True), ("100.64.0.1", True), ("224.0.0.1", True), ("0.0.0.0", True),
+     ("::1", True), ("fe80::1", True), ("fc00::1", True), ("::ffff:127.0.0.1", True),
+     ("8.8.8.8", False), ("2606:4700:4700::1111", False)],
+)
+def test_address_ranges(address: str, blocked: bool):
+    assert address_blocked(address) is blocked
