@@ -3,6 +3,11 @@
 Only features FerretDB 1.x implements are used: single-document atomic updates with ``$set``/``$inc`` and
 dotted array positions, ``find`` with sort/skip/limit, ``insert_many(ordered=False)`` and ``count_documents``.
 No transactions, change streams or ``$lookup``: FerretDB 1.x has none of them.
+
+FerretDB 1.x also does not isolate concurrent updates of one document (read-modify-write, last writer wins),
+so every document has one owning service at a time: ``requests`` belongs to ingest until the fan-out is
+complete and to the aggregator afterwards, ``products`` and ``progress`` to the aggregator, ``webhooks`` to
+the notifier. Within a service, writes for one request go through :class:`shared.locks.KeyedLocks`.
 """
 
 from __future__ import annotations
@@ -30,6 +35,16 @@ class Database:
     @property
     def products(self) -> AsyncCollection:
         return self.db["products"]
+
+    @property
+    def progress(self) -> AsyncCollection:
+        """Live counters per request, written only by the aggregator (one writer per document on FerretDB)."""
+        return self.db["progress"]
+
+    @property
+    def webhooks(self) -> AsyncCollection:
+        """Webhook delivery state and attempts per request, written only by the notifier."""
+        return self.db["webhooks"]
 
     @property
     def idempotency_keys(self) -> AsyncCollection:

@@ -40,9 +40,25 @@ async def start_health_server(check: HealthCheck, host: str, port: int) -> web.A
 
 
 def install_stop_signals() -> asyncio.Event:
-    """SIGTERM and SIGINT set an event instead of killing the loop, so in-flight work can finish."""
+    """SIGTERM and SIGINT set an event instead of killing the loop, so in-flight work can finish.
+
+    SIGUSR1 logs where every task is waiting: the one view of a stuck async service that a profiler lacks.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
     return stop
+
+
+def _dump_tasks() -> None:
+    for task in asyncio.all_tasks():
+        frames: list[str] = []
+        awaitable = task.get_coro()
+        while awaitable is not None and len(frames) < 50:  # follow the await chain, not just the top frame
+            frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "ag_frame", None)
+            if frame is not None:
+                frames.append(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+            awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "ag_await", None)
+        log.warning("task_stack", task=task.get_name(), frames=frames)

@@ -19,6 +19,7 @@ import structlog
 from services.aggregator.output_csv import write_output_csv
 from shared.broker import Broker
 from shared.database import Database
+from shared.locks import KeyedLocks
 from shared.messages import Progress, RequestFinished, RequestStatus, RoutingKey
 from shared.storage import Storage
 from shared.timeutil import utcnow
@@ -37,8 +38,14 @@ class Finisher:
         self.db = db
         self.storage = storage
         self.broker = broker
+        self.locks = KeyedLocks()
 
     async def finish_if_complete(self, request_id: str) -> bool:
+        async with self.locks.hold(request_id):
+            return await self.finish_if_complete_locked(request_id)
+
+    async def finish_if_complete_locked(self, request_id: str) -> bool:
+        """The caller holds ``self.locks`` for ``request_id``."""
         request = await self.db.requests.find_one({"_id": request_id})
         if request is None or request["status"] not in _OPEN or not request.get("fanout_complete"):
             return False
@@ -49,6 +56,10 @@ class Finisher:
             return False
         await self._finish(request)
         return True
+
+    async def _bytes(self, request_id: str) -> tuple[int, int]:
+        progress = await self.db.progress.find_one({"_id": request_id}) or {}
+        return progress.get("bytes_in", 0), progress.get("bytes_out", 0)
 
     async def _products(self, request_id: str) -> AsyncIterator[dict[str, Any]]:
         cursor = self.db.products.find({"request_id": request_id}).sort("row", 1).batch_size(500)
@@ -66,6 +77,7 @@ class Finisher:
         output_url = self.storage.public_url(key)
         status = RequestStatus.COMPLETED if summary.images_done > 0 else RequestStatus.FAILED
         error = None if status is RequestStatus.COMPLETED else "no image could be processed; see the errors column"
+        bytes_in, bytes_out = await self._bytes(request_id)
         now = utcnow()
         won = await self.db.requests.update_one(
             {"_id": request_id, "status": {"$in": _OPEN}},
@@ -76,6 +88,8 @@ class Finisher:
                     "error": error,
                     "images_done": summary.images_done,
                     "images_failed": summary.images_failed,
+                    "bytes_in": bytes_in,
+                    "bytes_out": bytes_out,
                     "updated_at": now,
                     "finished_at": now,
                     "outbox_pending": True,
@@ -92,10 +106,14 @@ class Finisher:
             images_failed=summary.images_failed,
             output_bytes=size,
         )
-        await self.publish_outbox(request_id)
+        await self._publish_outbox_locked(request_id)
 
     async def publish_outbox(self, request_id: str) -> None:
         """Publish the completion event recorded in the request, then clear the outbox flag."""
+        async with self.locks.hold(request_id):
+            await self._publish_outbox_locked(request_id)
+
+    async def _publish_outbox_locked(self, request_id: str) -> None:
         request = await self.db.requests.find_one({"_id": request_id})
         if request is None or not request.get("outbox_pending"):
             return

@@ -1,8 +1,8 @@
 """Periodic recovery so that no request stays unfinished after a crash anywhere.
 
 * ``outbox_pending`` left set (crash after the final status, before the event was confirmed): republish.
-* Processing with the fan-out complete but quiet for ``stuck_after`` seconds: run the exact completion check
-  (covers a counter increment lost between the slot write and the counter write).
+* Processing with the fan-out complete: run the exact completion check (one indexed probe per open request;
+  covers a counter increment lost between the slot write and the counter write).
 * Queued, or Processing with the fan-out incomplete, and quiet: republish ``request.accepted``; the fan-out
   resumes from its cursor (covers ingest dying between storing the request and publishing, or mid fan-out).
 Every action is idempotent, so several aggregator replicas may sweep at once.
@@ -47,19 +47,18 @@ class Sweeper:
             log.info("sweep_republish_outbox", request_id=request["_id"])
             await self.finisher.publish_outbox(request["_id"])
         quiet_since = utcnow() - self.stuck_after
-        stale = self.db.requests.find(
-            {
-                "status": {"$in": [RequestStatus.QUEUED.value, RequestStatus.PROCESSING.value]},
-                "updated_at": {"$lt": quiet_since},
-            },
-            projection={"_id": 1, "fanout_complete": 1},
+        open_requests = self.db.requests.find(
+            {"status": {"$in": [RequestStatus.QUEUED.value, RequestStatus.PROCESSING.value]}},
+            projection={"_id": 1, "fanout_complete": 1, "updated_at": 1},
         )
-        async for request in stale:
+        async for request in open_requests:
             request_id = request["_id"]
             if request.get("fanout_complete"):
                 if await self.finisher.finish_if_complete(request_id):
                     log.info("sweep_finished_stuck_request", request_id=request_id)
                 continue
+            if request["updated_at"] >= quiet_since:
+                continue  # the fan-out is moving
             log.info("sweep_restart_fanout", request_id=request_id)
             await self.db.requests.update_one({"_id": request_id}, {"$set": {"updated_at": utcnow()}})
             await self.broker.publish(

@@ -59,13 +59,17 @@ class ReadViews:
             )
         return document
 
+    async def _status(self, document: dict) -> dict:
+        live = await self.db.progress.find_one({"_id": document["_id"]})
+        return status_view(document, live)
+
     async def status(self, request: web.Request) -> web.Response:
-        return web.json_response(status_view(await self._load(request)))
+        return web.json_response(await self._status(await self._load(request)))
 
     async def detail(self, request: web.Request) -> web.Response:
         document = await self._load(request)
-        body = status_view(document)
-        body["webhook"] = webhook_view(document)
+        body = await self._status(document)
+        body["webhook"] = webhook_view(document, await self.db.webhooks.find_one({"_id": document["_id"]}))
         return web.json_response(body)
 
     async def products(self, request: web.Request) -> web.Response:

@@ -44,7 +44,6 @@ def new_request_document(
         "fanout_complete": False,
         "output_csv_url": None,
         "error": None,
-        "webhook_attempts": [],
     }
     if idempotency_key is not None:
         document["idempotency_key"] = idempotency_key
@@ -80,6 +79,11 @@ def progress_of(document: dict[str, Any]) -> Progress:
     )
 
 
+def _counts(live: dict[str, Any]) -> dict[str, Any]:
+    keys = ("images_done", "images_failed", "bytes_in", "bytes_out")
+    return {key: live.get(key, 0) for key in keys}
+
+
 def _iso(value: datetime | None) -> str | None:
     if value is None:
         return None
@@ -88,9 +92,14 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z")
 
 
-def status_view(document: dict[str, Any]) -> dict[str, Any]:
-    """The seed's status body plus additive fields; ``output_csv_url`` only once there is one."""
-    progress = progress_of(document)
+def status_view(document: dict[str, Any], live: dict[str, Any] | None) -> dict[str, Any]:
+    """The seed's status body plus additive fields; ``output_csv_url`` only once there is one.
+
+    ``live`` is the aggregator's progress document; once the request is final its exact counts are in the
+    request itself.
+    """
+    final = document["status"] in (RequestStatus.COMPLETED.value, RequestStatus.FAILED.value)
+    progress = progress_of(document if final or not live else {**document, **_counts(live)})
     savings = None
     if progress.bytes_in:
         savings = round(100.0 * (1 - progress.bytes_out / progress.bytes_in), 2)

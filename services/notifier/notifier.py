@@ -1,8 +1,9 @@
 """Consumes completion events and delivers webhooks; retries wait in broker delay queues, not in memory.
 
-Each attempt is appended to the request document (``webhook_attempts``) so the API can show it. After the
-last attempt the event is rejected into ``notifier.webhooks.dlq`` and the request's ``webhook_state`` becomes
-``dead``; the request itself stays Completed.
+Each attempt is appended to the request's document in ``webhooks`` (owned by the notifier alone) so the API
+can show it. After the last attempt the event is rejected into ``notifier.webhooks.dlq`` and the delivery
+``state`` becomes ``dead``; the request itself stays Completed. Events for one request are handled one at a
+time, so a redelivered duplicate sees ``delivered`` and sends nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from services.notifier.delivery import post_webhook
 from shared.broker import Broker, PoisonMessage
 from shared.database import Database
+from shared.locks import KeyedLocks
 from shared.messages import RequestFinished, RoutingKey
 from shared.settings import Settings
 from shared.timeutil import utcnow
@@ -28,23 +30,27 @@ class Notifier:
         self.broker = broker
         self.session = session
         self.secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+        self.locks = KeyedLocks()
 
     def delay_ms(self, attempt: int) -> int:
         delays = self.settings.webhook_retry_delays_ms
         return delays[min(attempt - 1, len(delays) - 1)]
 
     async def handle(self, event: RequestFinished, _message: AbstractIncomingMessage) -> None:
-        request = await self.db.requests.find_one(
-            {"_id": event.request_id}, projection={"webhook_url": 1, "webhook_state": 1}
-        )
+        async with self.locks.hold(event.request_id):
+            await self._deliver(event)
+
+    async def _deliver(self, event: RequestFinished) -> None:
+        request = await self.db.requests.find_one({"_id": event.request_id}, projection={"webhook_url": 1})
         if request is None:
             log.warning("webhook_unknown_request")
             return
         url = request.get("webhook_url")
         if not url:
             return
-        if request.get("webhook_state") == "delivered":
-            log.info("webhook_already_delivered")
+        deliveries = await self.db.webhooks.find_one({"_id": event.request_id}, projection={"state": 1})
+        if deliveries is not None and deliveries.get("state") in ("delivered", "dead"):
+            log.info("webhook_already_settled", state=deliveries["state"])
             return
         attempt = await post_webhook(
             self.session,
@@ -56,9 +62,10 @@ class Notifier:
         )
         last = event.attempt >= self.settings.webhook_max_attempts
         state = "delivered" if attempt.ok else ("dead" if last else "retrying")
-        await self.db.requests.update_one(
+        await self.db.webhooks.update_one(
             {"_id": event.request_id},
-            {"$push": {"webhook_attempts": attempt.as_document()}, "$set": {"webhook_state": state}},
+            {"$push": {"attempts": attempt.as_document()}, "$set": {"state": state}},
+            upsert=True,
         )
         log.info(
             "webhook_attempt",
