@@ -27,8 +27,9 @@ async def test_photo_downloads_whole(image_host: ImageHost):
     assert await fetch(image_host.add("rocket.jpg", body)) == body
 
 
-@pytest.mark.parametrize(("code", "transient"), [(404, False), (410, False), (403, False), (429, True),
-                                                  (500, True), (503, True)])
+@pytest.mark.parametrize(
+    ("code", "transient"), [(404, False), (410, False), (403, False), (429, True), (500, True), (503, True)]
+)
 async def test_status_codes_are_classified(image_host: ImageHost, code: int, transient: bool):
     with pytest.raises(DownloadError) as info:
         await fetch(image_host.url(f"/status/{code}"))
@@ -75,10 +76,22 @@ async def test_private_addresses_are_refused_when_the_guard_is_on(image_host: Im
 
 @pytest.mark.parametrize(
     ("address", "blocked"),
-    [("127.0.0.1", True), ("10.1.2.3", True), ("172.16.0.1", True), ("192.168.1.1", True),
-     ("169.254.169.254", True), ("100.64.0.1", True), ("224.0.0.1", True), ("0.0.0.0", True),
-     ("::1", True), ("fe80::1", True), ("fc00::1", True), ("::ffff:127.0.0.1", True),
-     ("8.8.8.8", False), ("2606:4700:4700::1111", False)],
+    [
+        ("127.0.0.1", True),
+        ("10.1.2.3", True),
+        ("172.16.0.1", True),
+        ("192.168.1.1", True),
+        ("169.254.169.254", True),
+        ("100.64.0.1", True),
+        ("224.0.0.1", True),
+        ("0.0.0.0", True),
+        ("::1", True),
+        ("fe80::1", True),
+        ("fc00::1", True),
+        ("::ffff:127.0.0.1", True),
+        ("8.8.8.8", False),
+        ("2606:4700:4700::1111", False),
+    ],
 )
 def test_address_ranges(address: str, blocked: bool):
     assert address_blocked(address) is blocked

@@ -13,7 +13,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from services.compressor.compress import Compressed, ImageRejected, compress
 from services.compressor.download import DownloadError, DownloadLimits, download
-from shared.broker import Broker
+from shared.broker import DELIVERY_LIMIT, Broker
 from shared.messages import ImageResult, ImageTask, RoutingKey
 from shared.storage import Storage
 
@@ -43,8 +43,15 @@ class CompressorWorker:
     max_attempts: int
     retry_base_ms: int
 
-    async def handle(self, task: ImageTask, _message: AbstractIncomingMessage) -> None:
+    async def handle(self, task: ImageTask, message: AbstractIncomingMessage) -> None:
         structlog.contextvars.bind_contextvars(row=task.row, index=task.index, attempt=task.attempt)
+        deliveries = int((message.headers or {}).get("x-delivery-count", 0) or 0)
+        if deliveries >= DELIVERY_LIMIT - 1:
+            # this task was taken by compressors that died (or were killed) before acking it, again and
+            # again: the image itself is the likely cause. Settle it as failed rather than let the broker
+            # dead-letter it silently and leave its request Processing forever.
+            await self._fail(task, f"processing was interrupted {deliveries} times; giving up on this image", 0)
+            return
         try:
             data = await download(self.session, task.url, self.limits)
         except DownloadError as exc:
