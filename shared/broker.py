@@ -225,7 +225,12 @@ class Broker:
             await message.nack(requeue=True)
             raise
         except Exception:
-            log.exception("handler_failed", redelivered=message.redelivered)
+            # most failures here are a dependency that is briefly away (database, storage, broker): wait before
+            # handing the message back, longer each delivery, so the delivery limit spans ~30 s of outage
+            # instead of being burnt in a few milliseconds.
+            deliveries = int((message.headers or {}).get("x-delivery-count", 0) or 0)
+            log.exception("handler_failed", deliveries=deliveries)
+            await asyncio.sleep(min(2.0**deliveries, 16.0))
             await message.nack(requeue=True)
         else:
             await message.ack()

@@ -31,6 +31,7 @@ class Settings(BaseSettings):
         description="Base URL clients use to GET stored objects; defaults to the S3 endpoint + bucket.",
     )
     exchange: str = "pixpress"
+    storage_retry_seconds: float = Field(default=60.0, ge=0, description="keep retrying storage writes this long")
 
     # --- HTTP API -------------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"

@@ -40,7 +40,11 @@ def _public_read_policy(bucket: str) -> str:
 
 
 class Storage:
+    """Writes retry with backoff for ``storage_retry_seconds``: a storage server that restarts for a few seconds
+    delays work (the message stays unacked, holding its prefetch slot) instead of failing or redelivering it."""
+
     def __init__(self, settings: Settings) -> None:
+        self._retry_seconds = settings.storage_retry_seconds
         self._bucket = settings.s3_bucket
         self._public_base = settings.public_base
         self._client = Minio(

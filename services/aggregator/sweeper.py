@@ -3,6 +3,10 @@
 * ``outbox_pending`` left set (crash after the final status, before the event was confirmed): republish.
 * Processing with the fan-out complete: run the exact completion check (one indexed probe per open request;
   covers a counter increment lost between the slot write and the counter write).
+* Processing, fan-out complete, images still pending and no result for ``stuck_after`` seconds: publish the
+  unsettled images' tasks again (covers a task or result lost to a dead-letter queue after an outage longer
+  than the delivery limit spans). Output keys are deterministic and slots idempotent, so a task that was only
+  slow costs a duplicate compression, nothing more.
 * Queued, or Processing with the fan-out incomplete, and quiet: republish ``request.accepted``; the fan-out
   resumes from its cursor (covers ingest dying between storing the request and publishing, or mid fan-out).
 Every action is idempotent, so several aggregator replicas may sweep at once.
@@ -12,14 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
 
 from services.aggregator.finisher import Finisher
 from shared.broker import Broker
 from shared.database import Database
-from shared.messages import RequestAccepted, RequestStatus, RoutingKey
+from shared.messages import ImageTask, RequestAccepted, RequestStatus, RoutingKey
 from shared.timeutil import utcnow
 
 log = structlog.get_logger()
@@ -56,6 +60,8 @@ class Sweeper:
             if request.get("fanout_complete"):
                 if await self.finisher.finish_if_complete(request_id):
                     log.info("sweep_finished_stuck_request", request_id=request_id)
+                else:
+                    await self._resume_if_quiet(request_id, quiet_since)
                 continue
             if request["updated_at"] >= quiet_since:
                 continue  # the fan-out is moving
@@ -64,3 +70,25 @@ class Sweeper:
             await self.broker.publish(
                 RoutingKey.REQUEST_ACCEPTED, RequestAccepted(request_id=request_id), message_id=request_id
             )
+
+    async def _resume_if_quiet(self, request_id: str, quiet_since: datetime) -> None:
+        async with self.finisher.locks.hold(request_id):
+            progress = await self.db.progress.find_one({"_id": request_id}) or {}
+            last = progress.get("updated_at")
+            if last is not None and last >= quiet_since:
+                return
+            if last is None:
+                request = await self.db.requests.find_one({"_id": request_id}, projection={"updated_at": 1})
+                if request is None or request["updated_at"] >= quiet_since:
+                    return
+            tasks = [
+                ImageTask(request_id=request_id, product_id=product["_id"], row=product["row"], index=index, url=url)
+                async for product in self.db.products.find({"request_id": request_id, "pending": {"$gt": 0}})
+                for index, (url, settled) in enumerate(
+                    zip(product["input_image_urls"], product["settled"], strict=True)
+                )
+                if not settled
+            ]
+            await self.broker.publish_many(RoutingKey.IMAGE_TODO, tasks)
+            await self.db.progress.update_one({"_id": request_id}, {"$set": {"updated_at": utcnow()}}, upsert=True)
+            log.warning("sweep_resumed_stuck_images", request_id=request_id, images=len(tasks))
