@@ -48,3 +48,16 @@ async def webhook() -> AsyncIterator[WebhookReceiver]:
     await receiver.start()
     yield receiver
     await receiver.stop()
+
+
+@pytest.fixture
+async def stack_api(stack: str) -> AsyncIterator[str]:
+    """The stack, checked healthy again after a test that broke part of it (so the next test starts clean)."""
+    yield stack
+    from tests.support import stack as control
+
+    expected = {"ingest", "aggregator", "notifier", "rabbitmq", "ferretdb", "minio"}
+    for _ in range(120):
+        if expected <= set(control.processes()):
+            break
+        await asyncio.sleep(0.5)

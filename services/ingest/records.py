@@ -100,6 +100,9 @@ def status_view(document: dict[str, Any], live: dict[str, Any] | None) -> dict[s
     """
     final = document["status"] in (RequestStatus.COMPLETED.value, RequestStatus.FAILED.value)
     progress = progress_of(document if final or not live else {**document, **_counts(live)})
+    updated_at = document.get("updated_at")
+    if live and live.get("updated_at") and (updated_at is None or live["updated_at"] > updated_at):
+        updated_at = live["updated_at"]
     savings = None
     if progress.bytes_in:
         savings = round(100.0 * (1 - progress.bytes_out / progress.bytes_in), 2)
@@ -107,7 +110,7 @@ def status_view(document: dict[str, Any], live: dict[str, Any] | None) -> dict[s
         "request_id": document["_id"],
         "status": document["status"],
         "created_at": _iso(document.get("created_at")),
-        "updated_at": _iso(document.get("updated_at")),
+        "updated_at": _iso(updated_at),
         "progress": {
             "products_total": progress.products_total,
             "images_total": progress.images_total,
@@ -127,16 +130,18 @@ def status_view(document: dict[str, Any], live: dict[str, Any] | None) -> dict[s
     return view
 
 
-def webhook_view(document: dict[str, Any]) -> dict[str, Any] | None:
+def webhook_view(document: dict[str, Any], deliveries: dict[str, Any] | None) -> dict[str, Any] | None:
     """Webhook delivery history; the URL is reduced to scheme and host so tokens in it never leak."""
     url = document.get("webhook_url")
     if not url:
         return None
     parts = urlsplit(url)
+    deliveries = deliveries or {}
     return {
         "target": f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}",
-        "state": document.get("webhook_state", "pending"),
-        "attempts": [{**attempt, "at": _iso(attempt.get("at"))} for attempt in document.get("webhook_attempts", [])],
+        "webhook_id": f"msg_{document['_id']}",
+        "state": deliveries.get("state", "pending"),
+        "attempts": [{**attempt, "at": _iso(attempt.get("at"))} for attempt in deliveries.get("attempts", [])],
     }
 
 

@@ -44,6 +44,7 @@ class ImageHost(LocalServer):
         self.bodies: dict[str, tuple[bytes, str]] = {}
         self.hits: defaultdict[str, int] = defaultdict(int)
         self.flaky: dict[str, int] = {}  # name -> number of 503s before success
+        self.delay = 0.0  # seconds every /img/ answer waits, to stretch a request over time
         self.app.add_routes(
             [
                 web.get("/img/{name}", self._image),
@@ -61,6 +62,8 @@ class ImageHost(LocalServer):
     async def _image(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         self.hits[name] += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.flaky.get(name, 0) > 0:
             self.flaky[name] -= 1
             return web.Response(status=503, text="try later")

@@ -1,0 +1,54 @@
+"""Control of the running native stack for fault tests: real signals to real processes, via supervisord."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+STATE = Path(os.environ.get("PIXPRESS_STATE_DIR", REPO / ".run"))
+CONF = STATE / "supervisord.conf"
+MANAGEMENT = "http://127.0.0.1:15672/api"
+MANAGEMENT_AUTH = ("guest", "guest")
+
+
+def processes() -> dict[str, int]:
+    """``scripts/stack.sh ps``: ``<name> <pid>`` of every running program."""
+    out = subprocess.run([str(REPO / "scripts" / "stack.sh"), "ps"], check=True, capture_output=True, text=True)
+    return {name: int(pid) for name, pid in (line.split() for line in out.stdout.splitlines() if line.strip())}
+
+
+def supervisor_name(name: str) -> str:
+    return f"compressor:{name}" if name.startswith("compressor-") else name
+
+
+def supervisorctl(*args: str) -> str:
+    out = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "supervisorctl"), "-c", str(CONF), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return out.stdout + out.stderr
+
+
+def kill_9(name: str) -> int:
+    """SIGKILL the program; supervisord restarts it (autorestart), as an orchestrator would."""
+    pid = processes()[name]
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+async def wait_running(name: str, old_pid: int | None = None, timeout: float = 60.0) -> int:
+    """Wait until ``name`` runs again (with a new pid when ``old_pid`` is given)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        pid = processes().get(name)
+        if pid is not None and pid != old_pid:
+            return pid
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"{name} did not come back within {timeout}s: {supervisorctl('status')}")
