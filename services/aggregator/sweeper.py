@@ -53,15 +53,12 @@ class Sweeper:
         quiet_since = utcnow() - self.stuck_after
         open_requests = self.db.requests.find(
             {"status": {"$in": [RequestStatus.QUEUED.value, RequestStatus.PROCESSING.value]}},
-            projection={"_id": 1, "fanout_complete": 1, "updated_at": 1},
+            projection={"_id": 1, "fanout_complete": 1, "updated_at": 1, "images_total": 1},
         )
         async for request in open_requests:
             request_id = request["_id"]
             if request.get("fanout_complete"):
-                if await self.finisher.finish_if_complete(request_id):
-                    log.info("sweep_finished_stuck_request", request_id=request_id)
-                else:
-                    await self._resume_if_quiet(request_id, quiet_since)
+                await self._check_complete(request_id, request.get("images_total", 0), quiet_since)
                 continue
             if request["updated_at"] >= quiet_since:
                 continue  # the fan-out is moving
@@ -70,6 +67,23 @@ class Sweeper:
             await self.broker.publish(
                 RoutingKey.REQUEST_ACCEPTED, RequestAccepted(request_id=request_id), message_id=request_id
             )
+
+    async def _check_complete(self, request_id: str, images_total: int, quiet_since: datetime) -> None:
+        """Probe products only when the counters say done or the request went quiet.
+
+        The probe is an indexed query on MongoDB but a scan of the whole collection on FerretDB 1.x (which pushes
+        down no filter but ``_id``), so it must not run for every open request on every sweep.
+        """
+        progress = await self.db.progress.find_one({"_id": request_id}) or {}
+        settled = progress.get("images_done", 0) + progress.get("images_failed", 0)
+        last = progress.get("updated_at")
+        quiet = last is None or last < quiet_since
+        if settled < images_total and not quiet:
+            return
+        if await self.finisher.finish_if_complete(request_id):
+            log.info("sweep_finished_request", request_id=request_id)
+        elif quiet:
+            await self._resume_if_quiet(request_id, quiet_since)
 
     async def _resume_if_quiet(self, request_id: str, quiet_since: datetime) -> None:
         async with self.finisher.locks.hold(request_id):
