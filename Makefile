@@ -1,0 +1,72 @@
+# pixpress: thin entry points; the logic lives in scripts/ (see scripts/stack.sh for the knobs).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+MAKEFLAGS += --no-print-directory
+.DEFAULT_GOAL := help
+
+VENV  := .venv
+PY    := $(VENV)/bin/python
+STACK := scripts/stack.sh
+
+PYTEST_ARGS ?=
+DEMO_ARGS ?=
+BENCH_ARGS ?=
+BENCH_MODULE ?= bench.run
+
+# The settings the test suite expects from the running services (short retry delays, a webhook secret,
+# local image hosts allowed). Exported to both `scripts/stack.sh up` (which restarts the services when their
+# PIXPRESS_* environment changed) and pytest. Override any of them on the command line.
+test: export PIXPRESS_ALLOW_PRIVATE_URLS ?= true
+test: export PIXPRESS_WEBHOOK_SECRET ?= whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
+test: export PIXPRESS_RETRY_BASE_DELAY_MS ?= 200
+test: export PIXPRESS_WEBHOOK_RETRY_DELAYS_MS ?= [300,600,1200]
+test: export PIXPRESS_SWEEP_INTERVAL ?= 2
+test: export PIXPRESS_STUCK_AFTER ?= 10
+# The demo and the benchmark serve their images from 127.0.0.1.
+demo bench: export PIXPRESS_ALLOW_PRIVATE_URLS ?= true
+
+.PHONY: help install up down ps status logs restart test lint demo bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 10
+
+install: ## install what is missing: venv, rabbitmq-server, FerretDB and MinIO binaries
+	@scripts/install.sh
+
+up: ## start the whole stack on 127.0.0.1 and wait until it is healthy
+	@$(STACK) up
+
+down: ## stop the stack gracefully
+	@$(STACK) down
+
+ps: ## one line "<name> <pid>" per running process
+	@$(STACK) ps
+
+status: ## supervisor states and health probes
+	@$(STACK) status
+
+logs: ## follow the program logs
+	@$(STACK) logs
+
+restart: ## restart the Python services (after a code change) and wait until healthy
+	@$(STACK) restart
+
+test: ## the whole suite against the running stack (started here with the test settings)
+	@$(STACK) up
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+lint: ## ruff, plus shellcheck when it is installed
+	$(VENV)/bin/ruff check .
+	@if command -v shellcheck >/dev/null; then shellcheck -x scripts/*.sh .ci/run; else echo "shellcheck not installed, skipped"; fi
+
+demo: ## start the stack and process the bundled sample CSV
+	@$(STACK) up
+	$(PY) -m scripts.demo $(DEMO_ARGS)
+
+bench: ## start the stack and run the benchmark
+	@$(STACK) up
+	$(PY) -m $(BENCH_MODULE) $(BENCH_ARGS)
+
+clean: ## stop the stack and delete its state (.run: queues, database, objects, logs)
+	@$(STACK) clean

@@ -1,0 +1,540 @@
+#!/usr/bin/env bash
+# The native pixpress stack (no Docker): RabbitMQ, FerretDB, MinIO and the four services under one supervisord,
+# everything listening on 127.0.0.1 only.
+#
+#   scripts/stack.sh up        install what is missing, start what is not running, wait until all is healthy
+#   scripts/stack.sh down      stop everything gracefully (services first, then the servers)
+#   scripts/stack.sh ps        one line "<name> <pid>" per running process
+#   scripts/stack.sh status    supervisor's view plus one health probe per program
+#   scripts/stack.sh logs [-n N] [--no-follow] [name...]   tail the program logs (all by default)
+#   scripts/stack.sh restart [name...]   restart programs (default: the Python services) and wait until healthy
+#   scripts/stack.sh clean     down, then delete the state directory (queues, database, objects, logs)
+#
+# Ports: API 5000 (PIXPRESS_API_PORT), RabbitMQ 5672 + management UI 15672 (guest/guest, loopback only),
+# FerretDB 27017 (debug 8089), MinIO 9000 (console 9001), health: aggregator 8101, notifier 8102,
+# compressor-N 8110+N.
+#
+# Environment:
+#   PIXPRESS_*                 every other PIXPRESS_ variable is handed to the services. `up` stores them in
+#                              <state>/service.env; when they differ from what the running services got, `up`
+#                              restarts the services (and MinIO if PIXPRESS_S3_ACCESS_KEY/SECRET_KEY changed).
+#   PIXPRESS_STATE_DIR         state (data, logs, sockets); default <repo>/.run
+#   PIXPRESS_CACHE_DIR         built binaries; default ~/.cache/pixpress
+#   PIXPRESS_COMPRESSORS       number of compressor processes; default: number of cores
+#   PIXPRESS_STACK_ONLY_INFRA  1 = run only RabbitMQ, FerretDB and MinIO (no Python services)
+#   PIXPRESS_STACK_TIMEOUT     seconds `up` waits for health; default 180
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SELF=$REPO/scripts/stack.sh
+STATE=$(realpath -m -- "${PIXPRESS_STATE_DIR:-$REPO/.run}")
+CACHE=${PIXPRESS_CACHE_DIR:-${HOME:-/root}/.cache/pixpress}
+VENV=$REPO/.venv
+# shellcheck source=scripts/versions.sh
+. "$REPO/scripts/versions.sh"
+FERRETDB_BIN=$CACHE/bin/ferretdb-$FERRETDB_VERSION
+MINIO_BIN=$CACHE/bin/minio-$MINIO_VERSION
+
+CONF=$STATE/supervisord.conf
+SOCK=$STATE/supervisord.sock
+PIDFILE=$STATE/supervisord.pid
+LOGS=$STATE/logs
+SERVICE_ENV=$STATE/service.env
+MARKER=PXSTACK_STATE_DIR # set in supervisord's environment, so every process of this stack carries it
+
+INFRA=(rabbitmq ferretdb minio)
+
+say() { printf '%s: %s\n' "${CMD:-stack}" "$*"; }
+die() { printf '%s: ERROR: %s\n' "${CMD:-stack}" "$*" >&2; exit 1; }
+
+# --- helpers ----------------------------------------------------------------------------------------------------
+
+# The Python services supervisord runs (compressor-1..N from PIXPRESS_COMPRESSORS, default: one per core).
+service_names() {
+    [ "${PIXPRESS_STACK_ONLY_INFRA:-0}" = 1 ] && return 0
+    local n=${PIXPRESS_COMPRESSORS:-$(nproc)} i
+    [[ $n =~ ^[0-9]+$ ]] || die "PIXPRESS_COMPRESSORS must be a number, got '$n'"
+    printf '%s\n' ingest aggregator notifier
+    for ((i = 1; i <= n; i++)); do printf 'compressor-%d\n' "$i"; done
+}
+
+# supervisorctl's name for a program.
+sv_name() { case $1 in compressor-*) printf 'compressor:%s\n' "$1" ;; *) printf '%s\n' "$1" ;; esac; }
+
+sv() { "$VENV/bin/supervisorctl" -c "$CONF" "$@"; }
+
+# A process that exists and is not a zombie (kill -0 succeeds on zombies no one has reaped yet).
+alive() {
+    local st
+    st=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+    [ -n "$st" ] && [ "$st" != Z ]
+}
+
+supervisord_pid() {
+    local pid
+    [ -r "$PIDFILE" ] || return 1
+    pid=$(<"$PIDFILE")
+    [[ $pid =~ ^[0-9]+$ ]] && alive "$pid" || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q supervisord || return 1
+    printf '%s\n' "$pid"
+}
+
+# "<name> <STATE> <pid>" per program, from supervisord.
+sv_states() {
+    sv status 2>/dev/null | awk '{
+        name = $1; sub(/^[^:]*:/, "", name); pid = "-"
+        for (i = 3; i < NF; i++) if ($i == "pid") { pid = $(i + 1); sub(/,$/, "", pid) }
+        print name, $2, pid }' || true
+}
+
+# Health probes (see scripts/healthcheck.py) as NAME=PROBE words.
+probes_for() {
+    local name api_port
+    for name; do
+        case $name in
+        rabbitmq) printf '%s\n' rabbitmq=tcp://127.0.0.1:5672 rabbitmq=http://guest:guest@127.0.0.1:15672/api/overview ;;
+        ferretdb) printf '%s\n' ferretdb=tcp://127.0.0.1:27017 ;;
+        minio) printf '%s\n' minio=http://127.0.0.1:9000/minio/health/live ;;
+        ingest)
+            # shellcheck disable=SC1090
+            api_port=$(if [ -r "$SERVICE_ENV" ]; then . "$SERVICE_ENV"; fi; printf '%s' "${PIXPRESS_API_PORT:-5000}")
+            printf 'ingest=http://127.0.0.1:%s/healthz\n' "$api_port" ;;
+        aggregator) printf '%s\n' aggregator=http://127.0.0.1:8101/healthz ;;
+        notifier) printf '%s\n' notifier=http://127.0.0.1:8102/healthz ;;
+        compressor-*) printf '%s=http://127.0.0.1:%d/healthz\n' "$name" "$((8110 + ${name#compressor-}))" ;;
+        esac
+    done
+}
+
+health_pass() { "$VENV/bin/python" "$REPO/scripts/healthcheck.py" "$@"; }
+
+log_tail() {
+    local name=$1 f=$LOGS/$1.log
+    [ -s "$f" ] || { printf '   (no output in %s)\n' "$f" >&2; return 0; }
+    printf -- '--- last lines of %s ---\n' "$f" >&2
+    tail -n "${2:-25}" "$f" | cut -c1-400 >&2
+}
+
+# Processes carrying this stack's marker: whatever survived its supervisord (e.g. after a kill -9 of supervisord).
+marked_pids() {
+    grep -lzxF -- "$MARKER=$STATE" /proc/[0-9]*/environ 2>/dev/null | sed -n 's|^/proc/\([0-9]*\)/environ$|\1|p' |
+        grep -vxF -e "$$" -e "$PPID" || true
+}
+
+sweep() {
+    local pids pid shown=() t
+    pids=$(marked_pids)
+    [ -n "$pids" ] || return 0
+    for pid in $pids; do
+        local comm
+        comm=$(cat "/proc/$pid/comm" 2>/dev/null || true)
+        [ "$comm" = epmd ] || shown+=("$pid($comm)")
+    done
+    [ "${#shown[@]}" -eq 0 ] || say "stopping processes left over from an earlier run: ${shown[*]}"
+    # shellcheck disable=SC2086
+    kill -TERM $pids 2>/dev/null || true
+    for ((t = 0; t < 300; t++)); do
+        [ -n "$(marked_pids)" ] || return 0
+        sleep 0.1
+    done
+    pids=$(marked_pids)
+    say "still alive after 30s, killing: $pids"
+    # shellcheck disable=SC2086
+    kill -KILL $pids 2>/dev/null || true
+}
+
+lock() {
+    mkdir -p "$STATE"
+    exec 9>"$STATE/.lock"
+    if ! flock -n 9; then
+        say "waiting for another scripts/stack.sh working on $STATE ..."
+        flock -w 900 9 || die "gave up waiting for the other scripts/stack.sh (lock $STATE/.lock)"
+    fi
+}
+
+check_paths() {
+    local p
+    for p in "$REPO" "$STATE" "$CACHE"; do
+        [[ $p =~ ^[A-Za-z0-9._/+@:,=-]+$ ]] ||
+            die "path '$p' has spaces or characters supervisord/sqlite URLs cannot take; set PIXPRESS_STATE_DIR/PIXPRESS_CACHE_DIR"
+    done
+    [ "${#SOCK}" -lt 100 ] || die "socket path $SOCK is too long for a unix socket; set PIXPRESS_STATE_DIR to a shorter path"
+}
+
+# Writes $2 to $1 only when different; returns 0 when it changed the file.
+write_if_changed() {
+    local file=$1 content=$2
+    if [ -f "$file" ] && [ "$(cat "$file")" = "$content" ]; then return 1; fi
+    (umask 077 && printf '%s\n' "$content" >"$file.tmp") || die "cannot write $file.tmp"
+    mv -f "$file.tmp" "$file" || die "cannot write $file"
+}
+
+# --- generated files --------------------------------------------------------------------------------------------
+
+rabbitmq_conf() {
+    cat <<'EOF'
+# generated by scripts/stack.sh
+listeners.tcp.default = 127.0.0.1:5672
+management.tcp.ip = 127.0.0.1
+management.tcp.port = 15672
+loopback_users.guest = true
+log.console = true
+log.console.level = info
+log.console.use_colors = off
+log.file.level = info
+EOF
+}
+
+# The PIXPRESS_* environment handed to the services (stack.sh's own knobs left out), as shell to source.
+service_env() {
+    local name
+    printf '# PIXPRESS_* environment of the services, written by scripts/stack.sh up; read at each program start\n'
+    while IFS= read -r name; do
+        case $name in PIXPRESS_STATE_DIR | PIXPRESS_CACHE_DIR | PIXPRESS_COMPRESSORS | PIXPRESS_STACK_*) continue ;; esac
+        printf 'export %s=%q\n' "$name" "${!name}"
+    done < <(compgen -e | grep '^PIXPRESS_' | LC_ALL=C sort)
+}
+
+program() { # name priority autostart startsecs startretries command...
+    local name=$1 priority=$2 autostart=$3 startsecs=$4 startretries=$5
+    shift 5
+    cat <<EOF
+
+[program:$name]
+command=$*
+directory=${PROGRAM_DIR:-$REPO}
+priority=$priority
+autostart=$autostart
+autorestart=true
+startsecs=$startsecs
+startretries=$startretries
+stopsignal=TERM
+stopwaitsecs=30
+killasgroup=true
+redirect_stderr=true
+stdout_logfile=$LOGS/$name.log
+stdout_logfile_maxbytes=50MB
+stdout_logfile_backups=2
+EOF
+}
+
+supervisord_conf() {
+    local hard minfds home name compressors=()
+    hard=$(ulimit -Hn)
+    if [ "$hard" = unlimited ] || [ "$hard" -gt 65536 ]; then minfds=65536; else minfds=$hard; fi
+    home=${HOME:-$(cd ~ && pwd)}
+    cat <<EOF
+; generated by scripts/stack.sh up; edits are overwritten
+[unix_http_server]
+file=$SOCK
+chmod=0700
+
+[supervisord]
+logfile=$LOGS/supervisord.log
+logfile_maxbytes=10MB
+logfile_backups=2
+pidfile=$PIDFILE
+childlogdir=$LOGS
+directory=$STATE
+minfds=$minfds
+identifier=pixpress
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisorctl]
+serverurl=unix://$SOCK
+EOF
+    # RabbitMQ as root from the package's own script (not /usr/sbin/rabbitmq-server, which switches to user rabbitmq).
+    # RABBITMQ_ALLOW_INPUT makes that script exec the VM instead of running it in the background (-noinput is given
+    # back below): supervisord then watches beam.smp itself (a kill -9 of the pid `ps` shows is a broker crash it
+    # restarts) and its SIGTERM is the broker's clean shutdown. The Erlang distribution and epmd listen on loopback too; the cookie is
+    # $home/.erlang.cookie.
+    PROGRAM_DIR=$STATE/rabbitmq program rabbitmq 10 true 5 3 /usr/lib/rabbitmq/bin/rabbitmq-server
+    cat <<EOF
+environment=HOME="$home",RABBITMQ_ALLOW_INPUT="true",RABBITMQ_NODENAME="pixpress@localhost",RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",RABBITMQ_NODE_PORT="5672",RABBITMQ_DIST_PORT="25672",ERL_EPMD_ADDRESS="127.0.0.1",RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-noinput -kernel inet_dist_use_interface {127,0,0,1}",RABBITMQ_MNESIA_BASE="$STATE/rabbitmq/mnesia",RABBITMQ_LOG_BASE="$STATE/rabbitmq/log",RABBITMQ_ENABLED_PLUGINS_FILE="$STATE/rabbitmq/enabled_plugins",RABBITMQ_CONFIG_FILE="$STATE/rabbitmq/rabbitmq.conf",RABBITMQ_ADVANCED_CONFIG_FILE="$STATE/rabbitmq/advanced.config",RABBITMQ_CONF_ENV_FILE="$STATE/rabbitmq/rabbitmq-env.conf",ERL_CRASH_DUMP="$LOGS/erl_crash.dump",PXSTACK_RABBITMQ_CONF="$(rabbitmq_conf | cksum | cut -d' ' -f1)"
+EOF
+    PROGRAM_DIR=$STATE/ferretdb-state program ferretdb 20 true 2 3 "$FERRETDB_BIN" --handler=sqlite "--sqlite-url=file:$STATE/ferretdb/" \
+        --listen-addr=127.0.0.1:27017 --telemetry=disable --debug-addr=127.0.0.1:8089 "--state-dir=$STATE/ferretdb-state"
+    PROGRAM_DIR=$STATE program minio 20 true 2 3 "$SELF" _run --minio -- "$MINIO_BIN" server "$STATE/minio" \
+        --address 127.0.0.1:9000 --console-address 127.0.0.1:9001
+    printf 'environment=MINIO_BROWSER="off",MINIO_UPDATE="off"\n'
+
+    # The Python services start once the servers are healthy (autostart=false; `up` starts them), and stop first.
+    while IFS= read -r name; do
+        case $name in
+        ingest) program ingest 100 false 2 10 "$SELF" _run -- "$VENV/bin/pixpress-ingest" ;;
+        aggregator) program aggregator 100 false 2 10 "$SELF" _run PIXPRESS_HEALTH_PORT=8101 -- "$VENV/bin/pixpress-aggregator" ;;
+        notifier) program notifier 100 false 2 10 "$SELF" _run PIXPRESS_HEALTH_PORT=8102 -- "$VENV/bin/pixpress-notifier" ;;
+        compressor-*)
+            compressors+=("$name")
+            program "$name" 100 false 2 10 "$SELF" _run "PIXPRESS_HEALTH_PORT=$((8110 + ${name#compressor-}))" -- \
+                "$VENV/bin/pixpress-compressor" ;;
+        esac
+    done < <(service_names)
+    if [ "${#compressors[@]}" -gt 0 ]; then
+        local IFS=,
+        printf '\n[group:compressor]\nprograms=%s\npriority=100\n' "${compressors[*]}"
+    fi
+}
+
+# --- subcommands ------------------------------------------------------------------------------------------------
+
+# Starts the named programs that are not RUNNING/STARTING (supervisord does the starting in parallel for "all").
+start_missing() {
+    local states name st missing=() all=$1
+    shift
+    states=$(sv_states)
+    for name; do
+        st=$(awk -v n="$name" '$1 == n { print $2 }' <<<"$states")
+        case $st in RUNNING | STARTING) ;; *) missing+=("$name") ;; esac
+    done
+    [ "${#missing[@]}" -gt 0 ] || return 0
+    say "starting ${missing[*]}"
+    if [ "$all" = all ]; then
+        sv start all >/dev/null 2>&1 || true
+    else
+        for name in "${missing[@]}"; do sv start "$(sv_name "$name")" >/dev/null 2>&1 || true; done
+    fi
+}
+
+# Waits until every named program passes its probes; deadline in $DEADLINE (epoch seconds).
+wait_healthy() {
+    local names=("$@") probes=() out prev="" tick=0 failing name states st
+    mapfile -t probes < <(probes_for "${names[@]}")
+    while :; do
+        if out=$(health_pass "${probes[@]}"); then return 0; fi
+        failing=$(cut -f1 <<<"$out" | tr '\n' ' ')
+        if [ "$failing" != "$prev" ]; then
+            say "waiting for: $failing($(( $(date +%s) - START ))s)"
+            prev=$failing
+        fi
+        if [ "$(date +%s)" -ge "$DEADLINE" ]; then
+            printf '%s: ERROR: not healthy after %ss:\n' "$CMD" "$TIMEOUT" >&2
+            printf '   %s\n' "${out//$'\t'/: }" >&2
+            for name in $failing; do log_tail "$name"; done
+            printf '%s: the stack is left running for inspection: scripts/stack.sh status | logs NAME, make down\n' \
+                "$CMD" >&2
+            exit 1
+        fi
+        if ((++tick % 3 == 0)); then # a program supervisord gave up on will not get healthy by waiting
+            states=$(sv_states)
+            for name in $failing; do
+                st=$(awk -v n="$name" '$1 == n { print $2 }' <<<"$states")
+                if [ "$st" = FATAL ]; then
+                    printf '%s: ERROR: %s keeps exiting (supervisord gave up: FATAL)\n' "$CMD" "$name" >&2
+                    log_tail "$name" 40
+                    exit 1
+                fi
+            done
+        fi
+        sleep 1
+    done
+}
+
+cmd_up() {
+    START=$(date +%s)
+    TIMEOUT=${PIXPRESS_STACK_TIMEOUT:-180}
+    DEADLINE=$((START + TIMEOUT))
+    "$REPO/scripts/install.sh"
+    check_paths
+    if [ ! -x "$FERRETDB_BIN" ] || [ ! -x "$MINIO_BIN" ]; then die "binaries missing in $CACHE/bin after install.sh"; fi
+    lock
+    mkdir -p "$LOGS" "$STATE/rabbitmq/mnesia" "$STATE/rabbitmq/log" "$STATE/ferretdb" "$STATE/ferretdb-state" \
+        "$STATE/minio"
+    touch "$STATE/.pixpress-state"
+    write_if_changed "$STATE/rabbitmq/rabbitmq.conf" "$(rabbitmq_conf)" || true
+    write_if_changed "$STATE/rabbitmq/enabled_plugins" "[rabbitmq_management]." || true
+    write_if_changed "$STATE/rabbitmq/rabbitmq-env.conf" "# empty on purpose: /etc/rabbitmq/rabbitmq-env.conf is not used" ||
+        true
+
+    local conf env old_env changed services=()
+    mapfile -t services < <(service_names)
+    conf=$(supervisord_conf)
+    env=$(service_env)
+
+    if ! supervisord_pid >/dev/null; then
+        sweep
+        write_if_changed "$CONF" "$conf" || true
+        write_if_changed "$SERVICE_ENV" "$env" || true
+        local unset_args=() name t
+        while IFS= read -r name; do unset_args+=(-u "$name"); done < <(compgen -e | grep '^PIXPRESS_' || true)
+        # The services get PIXPRESS_* only from service.env, so a later `up` can change them by restarting them.
+        # 9>&-: the daemon must not inherit (and so hold forever) the lock taken above.
+        env "${unset_args[@]}" "$MARKER=$STATE" "$VENV/bin/supervisord" -c "$CONF" 9>&- ||
+            die "supervisord did not start: see $LOGS/supervisord.log"
+        for ((t = 0; t < 100; t++)); do sv pid >/dev/null 2>&1 && break; sleep 0.1; done
+        say "started supervisord (pid $(supervisord_pid || echo '?')), config $CONF"
+    else
+        if write_if_changed "$CONF" "$conf"; then
+            say "supervisord config changed, applying:"
+            sv reread >/dev/null
+            sv update 2>&1 | sed "s/^/$CMD:   /" || true
+        fi
+        old_env=$(cat "$SERVICE_ENV" 2>/dev/null || true)
+        if [ "$old_env" != "$env" ]; then
+            changed=$(diff <(printf '%s\n' "$old_env") <(printf '%s\n' "$env") |
+                sed -n 's/^[<>] export \([A-Za-z0-9_]*\)=.*/\1/p' | sort -u | tr '\n' ' ' || true)
+            write_if_changed "$SERVICE_ENV" "$env" || true
+            if [ "${#services[@]}" -gt 0 ]; then
+                say "environment changed (${changed% }): restarting the services"
+                sv stop "$(sv_name ingest)" aggregator notifier 'compressor:*' >/dev/null 2>&1 || true
+            fi
+            if [[ " $changed " == *" PIXPRESS_S3_ACCESS_KEY "* || " $changed " == *" PIXPRESS_S3_SECRET_KEY "* ]]; then
+                say "S3 credentials changed: restarting minio"
+                sv stop minio >/dev/null 2>&1 || true
+            fi
+        fi
+    fi
+
+    start_missing some "${INFRA[@]}"
+    wait_healthy "${INFRA[@]}"
+    if [ "${#services[@]}" -gt 0 ]; then
+        start_missing all "${services[@]}"
+        wait_healthy "${INFRA[@]}" "${services[@]}"
+    fi
+    say "all healthy in $(( $(date +%s) - START ))s: ${INFRA[*]}${services[*]:+ ${services[*]}}"
+    if [ "${#services[@]}" -gt 0 ]; then
+        say "API http://127.0.0.1:$(probes_for ingest | sed -n 's|.*:\([0-9]*\)/healthz$|\1|p'), RabbitMQ UI http://127.0.0.1:15672 (guest/guest), MinIO http://127.0.0.1:9000"
+    fi
+}
+
+cmd_down() {
+    [ -d "$STATE" ] || { say "nothing running"; return 0; }
+    local start pid t
+    start=$(date +%s)
+    lock
+    if pid=$(supervisord_pid); then
+        say "stopping the services, then rabbitmq, ferretdb, minio (graceful, up to 30s each) ..."
+        sv shutdown >/dev/null 2>&1 || kill -TERM "$pid" 2>/dev/null || true
+        for ((t = 0; t < 1800; t++)); do
+            alive "$pid" || break
+            sleep 0.1
+        done
+        if alive "$pid"; then
+            say "supervisord still running after 180s, killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        sweep
+        say "stopped in $(( $(date +%s) - start ))s"
+    else
+        sweep
+        say "nothing running"
+    fi
+}
+
+cmd_ps() {
+    supervisord_pid >/dev/null || return 0
+    sv_states | awk '$2 == "RUNNING" {
+        rank = 1000
+        if ($1 == "rabbitmq") rank = 1; else if ($1 == "ferretdb") rank = 2; else if ($1 == "minio") rank = 3
+        else if ($1 == "ingest") rank = 4; else if ($1 == "aggregator") rank = 5; else if ($1 == "notifier") rank = 6
+        else if ($1 ~ /^compressor-[0-9]+$/) rank = 100 + substr($1, 12)
+        print rank, $1, $3 }' | sort -n -k1,1 | cut -d' ' -f2-
+}
+
+cmd_status() {
+    local pid names out probes=()
+    if ! pid=$(supervisord_pid); then
+        say "down (no supervisord for $STATE)"
+        return 3
+    fi
+    printf 'supervisord pid %s, state %s\n' "$pid" "$STATE"
+    sv status || true
+    mapfile -t names < <(sv_states | cut -d' ' -f1)
+    mapfile -t probes < <(probes_for "${names[@]}")
+    if out=$(health_pass "${probes[@]}"); then
+        printf 'health: all %s programs healthy\n' "${#names[@]}"
+    else
+        printf 'health: NOT healthy:\n'
+        printf '   %s\n' "${out//$'\t'/: }"
+        return 1
+    fi
+}
+
+cmd_logs() {
+    local n=20 follow=(-F) files=() name
+    while [ $# -gt 0 ]; do
+        case $1 in
+        -n) n=$2; shift 2 ;;
+        --no-follow) follow=(); shift ;;
+        *) files+=("$LOGS/$1.log"); shift ;;
+        esac
+    done
+    if [ "${#files[@]}" -eq 0 ]; then
+        for name in "$LOGS"/*.log; do [ -e "$name" ] && files+=("$name"); done
+    fi
+    [ "${#files[@]}" -gt 0 ] || { say "no logs in $LOGS yet"; return 0; }
+    exec tail -n "$n" "${follow[@]}" "${files[@]}"
+}
+
+cmd_restart() {
+    START=$(date +%s)
+    TIMEOUT=${PIXPRESS_STACK_TIMEOUT:-180}
+    DEADLINE=$((START + TIMEOUT))
+    supervisord_pid >/dev/null || die "the stack is not running: scripts/stack.sh up"
+    local names=("$@") name infra=() services=()
+    if [ "${#names[@]}" -eq 0 ]; then mapfile -t names < <(sv_states | cut -d' ' -f1 | grep -vxE 'rabbitmq|ferretdb|minio'); fi
+    for name in "${names[@]}"; do
+        case $name in rabbitmq | ferretdb | minio) infra+=("$name") ;; *) services+=("$name") ;; esac
+    done
+    say "restarting ${names[*]}"
+    for name in "${names[@]}"; do sv stop "$(sv_name "$name")" >/dev/null 2>&1 || true; done
+    start_missing some "${INFRA[@]}"
+    wait_healthy "${INFRA[@]}"
+    if [ "${#services[@]}" -gt 0 ]; then
+        start_missing all "${services[@]}"
+        wait_healthy "${services[@]}"
+    fi
+    say "restarted and healthy in $(( $(date +%s) - START ))s"
+}
+
+cmd_clean() {
+    cmd_down
+    if [ -d "$STATE" ]; then
+        [ -e "$STATE/.pixpress-state" ] || [ "$STATE" = "$REPO/.run" ] ||
+            die "$STATE does not look like a pixpress state directory; not deleting it"
+        rm -rf -- "$STATE"
+        say "removed $STATE"
+    fi
+}
+
+# supervisord's entry point for minio and the Python services: the PIXPRESS_* environment from service.env,
+# then the program's own KEY=VALUE settings, then exec (so supervisord signals the program itself).
+run_program() {
+    local minio=0
+    if [ "${1:-}" = --minio ]; then minio=1; shift; fi
+    if [ -r "$SERVICE_ENV" ]; then
+        # shellcheck disable=SC1090
+        . "$SERVICE_ENV"
+    fi
+    while [ $# -gt 0 ]; do
+        case $1 in
+        --) shift; break ;;
+        *=*) export "${1?}"; shift ;;
+        *) break ;;
+        esac
+    done
+    if [ "$minio" = 1 ]; then
+        export MINIO_ROOT_USER="${PIXPRESS_S3_ACCESS_KEY:-pixpress}" MINIO_ROOT_PASSWORD="${PIXPRESS_S3_SECRET_KEY:-pixpress-secret}"
+    fi
+    export PYTHONUNBUFFERED=1
+    exec "$@"
+}
+
+CMD=${1:-}
+[ $# -gt 0 ] && shift
+case $CMD in
+up) cmd_up "$@" ;;
+down) cmd_down "$@" ;;
+ps) cmd_ps "$@" ;;
+status) cmd_status "$@" ;;
+logs) cmd_logs "$@" ;;
+restart) cmd_restart "$@" ;;
+clean) cmd_clean "$@" ;;
+_run) run_program "$@" ;;
+*)
+    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2
+    exit 2
+    ;;
+esac
