@@ -6,8 +6,10 @@ No transactions, change streams or ``$lookup``: FerretDB 1.x has none of them.
 
 FerretDB 1.x also does not isolate concurrent updates of one document (read-modify-write, last writer wins),
 so every document has one owning service at a time: ``requests`` belongs to ingest until the fan-out is
-complete and to the aggregator afterwards, ``products`` and ``progress`` to the aggregator, ``webhooks`` to
-the notifier. Within a service, writes for one request go through :class:`shared.locks.KeyedLocks`.
+complete and to the aggregator afterwards, ``products`` are written once by the fan-out, ``results`` and
+``progress`` belong to the aggregator, ``webhooks`` to the notifier. And it uses no index for queries (not
+even ``_id``): per-message work therefore only inserts into large collections or touches small ones.
+Within a service, writes for one request go through :class:`shared.locks.KeyedLocks`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ class Database:
         return self.db["products"]
 
     @property
+    def results(self) -> AsyncCollection:
+        """One document per settled image, ``_id`` = ``<request>:<row>:<index>``; inserted once, never updated."""
+        return self.db["results"]
+
+    @property
     def progress(self) -> AsyncCollection:
         """Live counters per request, written only by the aggregator (one writer per document on FerretDB)."""
         return self.db["progress"]
@@ -61,10 +68,12 @@ class Database:
         ):
             with attempt:
                 await self.client.admin.command("ping")
-        # products are read in row order per request (status pages, output CSV) and probed for unsettled
-        # images when a request may be complete.
+        # products and results are read in row order per request (product pages, output CSV); results are
+        # counted per request when it may be complete. FerretDB 1.x accepts the indexes but scans anyway.
         await self.products.create_index([("request_id", ASCENDING), ("row", ASCENDING)], name="request_row")
-        await self.products.create_index([("request_id", ASCENDING), ("pending", ASCENDING)], name="request_pending")
+        await self.results.create_index(
+            [("request_id", ASCENDING), ("row", ASCENDING), ("index", ASCENDING)], name="request_row_index"
+        )
         await self.requests.create_index([("status", ASCENDING), ("updated_at", ASCENDING)], name="status_updated")
 
     async def healthy(self) -> bool:

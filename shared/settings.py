@@ -65,7 +65,7 @@ class Settings(BaseSettings):
 
     # --- fan-out / aggregation --------------------------------------------------------------------------
     fanout_batch: int = Field(default=500, ge=1)
-    aggregator_prefetch: int = Field(default=64, ge=1)
+    aggregator_prefetch: int = Field(default=256, ge=1, description="results in flight; also the batch size")
     sweep_interval: float = Field(default=30.0, gt=0)
     stuck_after: float = Field(default=120.0, gt=0)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from services.aggregator.output_csv import write_output_csv
+from services.aggregator.output_csv import join_results, write_output_csv
 from shared.broker import Broker
 from shared.database import Database
 from shared.locks import KeyedLocks
@@ -49,10 +49,8 @@ class Finisher:
         request = await self.db.requests.find_one({"_id": request_id})
         if request is None or request["status"] not in _OPEN or not request.get("fanout_complete"):
             return False
-        unsettled = await self.db.products.find_one(
-            {"request_id": request_id, "pending": {"$gt": 0}}, projection={"_id": 1}
-        )
-        if unsettled is not None:
+        settled = await self.db.results.count_documents({"request_id": request_id})
+        if settled < request.get("images_total", 0):
             return False
         await self._finish(request)
         return True
@@ -66,9 +64,16 @@ class Finisher:
         async for product in cursor:
             yield product
 
+    async def _results(self, request_id: str) -> AsyncIterator[dict[str, Any]]:
+        cursor = self.db.results.find({"request_id": request_id}).sort([("row", 1), ("index", 1)]).batch_size(1000)
+        async for result in cursor:
+            yield result
+
     async def _finish(self, request: dict[str, Any]) -> None:
         request_id = request["_id"]
-        spool, size, summary = await write_output_csv(self._products(request_id), request.get("extra_columns", []))
+        spool, size, summary = await write_output_csv(
+            join_results(self._products(request_id), self._results(request_id)), request.get("extra_columns", [])
+        )
         try:
             key = output_csv_key(request_id)
             await self.storage.put_stream(key, spool, size, "text/csv; charset=utf-8")
@@ -99,6 +104,7 @@ class Finisher:
         if won.modified_count == 0:
             log.info("finish_lost_race")
             return
+        await self.db.progress.delete_one({"_id": request_id})  # the exact counts now live in the request
         log.info(
             "request_finished",
             status=status.value,

@@ -27,7 +27,7 @@ async def run() -> None:
     await storage.ensure_bucket()
     await broker.connect()
     finisher = Finisher(db, storage, broker)
-    tracker = ResultTracker(db, finisher)
+    tracker = ResultTracker(db, finisher, batch_size=settings.aggregator_prefetch)
     sweeper = Sweeper(db, broker, finisher, settings.sweep_interval, settings.stuck_after)
 
     async def check() -> dict[str, bool]:

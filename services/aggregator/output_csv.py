@@ -1,6 +1,7 @@
-"""Streams a request's products, in row order, into the output CSV without holding the request in memory.
+"""Streams a request's products and results, both in row order, into the output CSV without holding either.
 
-Rows go through a spooled temporary file (in memory up to a few MB, on disk beyond), then to MinIO.
+Two sorted cursors (products by row; results by row and index) are merged like a join; rows go through a
+spooled temporary file (in memory up to a few MB, on disk beyond), then to MinIO.
 """
 
 from __future__ import annotations
@@ -22,30 +23,58 @@ class OutputSummary:
     products: int = 0
     images_done: int = 0
     images_failed: int = 0
+    images_missing: int = 0
+
+
+@dataclass
+class Slots:
+    """One product's outcome per input URL (None where no result exists)."""
+
+    outputs: list[str | None]
+    errors: list[str | None]
+    settled: list[bool]
 
 
 def output_header(extra_columns: list[str]) -> list[str]:
     return [SERIAL, NAME, INPUT_URLS, OUTPUT_URLS, *extra_columns, ERRORS]
 
 
-def output_row(product: dict[str, Any], extra_columns: list[str]) -> list[str]:
-    outputs = product["output_image_urls"]
-    errors = product["image_errors"]
-    reasons = [f"image {i + 1}: {error}" for i, error in enumerate(errors) if error]
+def output_row(product: dict[str, Any], slots: Slots, extra_columns: list[str]) -> list[str]:
+    reasons = [f"image {i + 1}: {error}" for i, error in enumerate(slots.errors) if error]
     extra = product.get("extra", {})
     cells = [
         product["serial_number"],
         product["product_name"],
         ",".join(product["input_image_urls"]),
-        ",".join(url or "" for url in outputs),
+        ",".join(url or "" for url in slots.outputs),
         *(extra.get(column, "") for column in extra_columns),
         "; ".join(reasons),
     ]
     return [neutralise(cell) for cell in cells]
 
 
+async def join_results(
+    products: AsyncIterator[dict[str, Any]], results: AsyncIterator[dict[str, Any]]
+) -> AsyncIterator[tuple[dict[str, Any], Slots]]:
+    """Pairs each product with its slots; both iterators must be sorted by row (results then by index)."""
+    pending: dict[str, Any] | None = await anext(results, None)
+    async for product in products:
+        count = len(product["input_image_urls"])
+        slots = Slots([None] * count, [None] * count, [False] * count)
+        while pending is not None and pending["row"] < product["row"]:
+            pending = await anext(results, None)  # a result without a product: ignore it
+        while pending is not None and pending["row"] == product["row"]:
+            index = pending["index"]
+            if 0 <= index < count:
+                slots.outputs[index] = pending.get("output_url")
+                slots.errors[index] = pending.get("error")
+                slots.settled[index] = True
+            pending = await anext(results, None)
+        yield product, slots
+
+
 async def write_output_csv(
-    products: AsyncIterator[dict[str, Any]], extra_columns: list[str]
+    rows: AsyncIterator[tuple[dict[str, Any], Slots]], extra_columns: list[str]
 ) -> tuple[tempfile.SpooledTemporaryFile, int, OutputSummary]:
     """Returns the spooled file rewound to the start, its size, and exact image counts."""
     spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 - the caller closes it
@@ -53,14 +82,16 @@ async def write_output_csv(
     writer = csv.writer(text)
     writer.writerow(output_header(extra_columns))
     summary = OutputSummary()
-    async for product in products:
-        writer.writerow(output_row(product, extra_columns))
+    async for product, slots in rows:
+        writer.writerow(output_row(product, slots, extra_columns))
         summary.products += 1
-        for url, settled in zip(product["output_image_urls"], product["settled"], strict=True):
+        for url, settled in zip(slots.outputs, slots.settled, strict=True):
             if url:
                 summary.images_done += 1
             elif settled:
                 summary.images_failed += 1
+            else:
+                summary.images_missing += 1
     text.flush()
     text.detach()
     size = spool.tell()

@@ -95,13 +95,15 @@ class Sweeper:
                 request = await self.db.requests.find_one({"_id": request_id}, projection={"updated_at": 1})
                 if request is None or request["updated_at"] >= quiet_since:
                     return
+            done = {
+                (result["row"], result["index"])
+                async for result in self.db.results.find({"request_id": request_id}, projection={"row": 1, "index": 1})
+            }
             tasks = [
                 ImageTask(request_id=request_id, product_id=product["_id"], row=product["row"], index=index, url=url)
-                async for product in self.db.products.find({"request_id": request_id, "pending": {"$gt": 0}})
-                for index, (url, settled) in enumerate(
-                    zip(product["input_image_urls"], product["settled"], strict=True)
-                )
-                if not settled
+                async for product in self.db.products.find({"request_id": request_id})
+                for index, url in enumerate(product["input_image_urls"])
+                if (product["row"], index) not in done
             ]
             await self.broker.publish_many(RoutingKey.IMAGE_TODO, tasks)
             await self.db.progress.update_one({"_id": request_id}, {"$set": {"updated_at": utcnow()}}, upsert=True)

@@ -1,69 +1,100 @@
-"""Puts each image result in its product's slot exactly once and notices when a request is complete.
+"""Records each image result exactly once and notices when a request is complete.
 
-A slot is written with a conditional update (``settled.<i>`` must still be false), so a redelivered result
-changes nothing. Counters in ``progress`` give cheap progress and a cheap "maybe complete" signal; the final
-word comes from an indexed probe for any product still pending, which runs only when the counters say done,
-when a duplicate shows up (its counter increment may have been lost in a crash) or from the sweeper.
-All writes for one request are serialised (see :mod:`shared.locks`).
+Each result is inserted into ``results`` under the deterministic id ``<request>:<row>:<index>``: the unique
+``_id`` makes a redelivered result a duplicate-key error that changes nothing. This is also the one write whose
+cost does not grow with the collection on FerretDB 1.x (an insert checks a unique index; a lookup or update by
+any filter, even ``_id``, scans the table there). Counters in ``progress`` (one small document per open
+request) give cheap progress and a cheap "maybe complete" signal; the final word is an exact count of the
+request's results, which runs only when the counters say done, when a duplicate shows up (its counter increment
+may have been lost in a crash) or from the sweeper when a request goes quiet.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from pymongo import ReturnDocument
+from pymongo.errors import BulkWriteError
 
+from services.aggregator.batcher import Batcher
 from services.aggregator.finisher import Finisher
 from shared.database import Database
 from shared.messages import ImageResult
 from shared.timeutil import utcnow
 
 log = structlog.get_logger()
+_DUPLICATE_KEY = 11000
+
+
+def result_document(result: ImageResult) -> dict:
+    return {
+        "_id": f"{result.request_id}:{result.row}:{result.index}",
+        "request_id": result.request_id,
+        "row": result.row,
+        "index": result.index,
+        "ok": result.ok,
+        "output_url": result.output_url if result.ok else None,
+        "error": None if result.ok else (result.error or "failed"),
+        "bytes_in": result.bytes_in,
+        "bytes_out": result.bytes_out,
+        "at": utcnow(),
+    }
 
 
 class ResultTracker:
-    def __init__(self, db: Database, finisher: Finisher) -> None:
+    def __init__(self, db: Database, finisher: Finisher, batch_size: int = 200, batch_delay: float = 0.05) -> None:
         self.db = db
         self.finisher = finisher
+        self.batcher: Batcher[ImageResult] = Batcher(self._flush, batch_size, batch_delay)
         self._totals: dict[str, int] = {}  # images_total of requests whose fan-out is complete (immutable)
 
     async def handle(self, result: ImageResult, _message: AbstractIncomingMessage) -> None:
-        async with self.finisher.locks.hold(result.request_id):
-            await self._record(result)
+        await self.batcher.submit(result)
 
-    async def _record(self, result: ImageResult) -> None:
-        i = result.index
-        now = utcnow()
-        updated = await self.db.products.update_one(
-            {"_id": result.product_id, f"settled.{i}": False},
-            {
-                "$set": {
-                    f"settled.{i}": True,
-                    f"output_image_urls.{i}": result.output_url if result.ok else None,
-                    f"image_errors.{i}": None if result.ok else (result.error or "failed"),
-                    "updated_at": now,
+    async def _flush(self, results: list[ImageResult]) -> None:
+        by_request: dict[str, list[ImageResult]] = defaultdict(list)
+        for result in results:
+            by_request[result.request_id].append(result)
+        for request_id, batch in by_request.items():
+            async with self.finisher.locks.hold(request_id):
+                await self._record(request_id, batch)
+
+    async def _record(self, request_id: str, batch: list[ImageResult]) -> None:
+        duplicates: set[int] = set()
+        try:
+            await self.db.results.insert_many([result_document(r) for r in batch], ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(error.get("code") != _DUPLICATE_KEY for error in errors):
+                raise
+            duplicates = {error["index"] for error in errors}
+        fresh = [r for i, r in enumerate(batch) if i not in duplicates]
+        if duplicates:
+            log.info("result_duplicates", request_id=request_id, count=len(duplicates))
+        total = await self._images_total(request_id)
+        if fresh:
+            progress = await self.db.progress.find_one_and_update(
+                {"_id": request_id},
+                {
+                    "$inc": {
+                        "images_done": sum(r.ok for r in fresh),
+                        "images_failed": sum(not r.ok for r in fresh),
+                        "bytes_in": sum(r.bytes_in for r in fresh),
+                        "bytes_out": sum(r.bytes_out for r in fresh),
+                    },
+                    "$set": {"updated_at": utcnow()},
                 },
-                "$inc": {"pending": -1},
-            },
-        )
-        if updated.modified_count == 0:
-            log.info("result_duplicate", row=result.row, index=i)
-            await self.finisher.finish_if_complete_locked(result.request_id)
-            return
-        counter = "images_done" if result.ok else "images_failed"
-        progress = await self.db.progress.find_one_and_update(
-            {"_id": result.request_id},
-            {
-                "$inc": {counter: 1, "bytes_in": result.bytes_in, "bytes_out": result.bytes_out},
-                "$set": {"updated_at": now},
-            },
-            upsert=True,
-            return_document=ReturnDocument.AFTER,  # no projection: FerretDB 1.x findAndModify rejects "fields"
-        )
-        total = await self._images_total(result.request_id)
-        settled = progress.get("images_done", 0) + progress.get("images_failed", 0)
-        if total is not None and settled >= total:
-            await self.finisher.finish_if_complete_locked(result.request_id)
+                upsert=True,
+                return_document=ReturnDocument.AFTER,  # no projection: FerretDB 1.x findAndModify rejects "fields"
+            )
+            settled = progress.get("images_done", 0) + progress.get("images_failed", 0)
+            if total is not None and settled >= total:
+                await self.finisher.finish_if_complete_locked(request_id)
+                return
+        if duplicates and total is not None:
+            await self.finisher.finish_if_complete_locked(request_id)
 
     async def _images_total(self, request_id: str) -> int | None:
         """The request's image count once its fan-out is complete, else None (still growing)."""

@@ -48,6 +48,15 @@ async def download(session: aiohttp.ClientSession, url: str, limits: DownloadLim
     try:
         async with asyncio.timeout(limits.total_timeout):
             return await _follow(session, url, limits)
+    except aiohttp.SocketTimeoutError:
+        # the session's sock_read timeout: the host stopped sending (a hang), not the overall download limit
+        raise DownloadError(
+            f"timed out after {_seconds(session.timeout.sock_read)} without data", transient=True
+        ) from None
+    except aiohttp.ConnectionTimeoutError:
+        raise DownloadError(
+            f"timed out connecting after {_seconds(session.timeout.sock_connect)}", transient=True
+        ) from None
     except TimeoutError:
         raise DownloadError(f"timed out after {limits.total_timeout:g}s", transient=True) from None
     except DownloadError:
@@ -61,6 +70,10 @@ async def download(session: aiohttp.ClientSession, url: str, limits: DownloadLim
         raise DownloadError(f"connection failed: {type(exc).__name__}: {exc}"[:300], transient=True) from None
     except BlockedAddressError as exc:
         raise DownloadError(str(exc), transient=False) from None
+
+
+def _seconds(value: float | None) -> str:
+    return "?s" if value is None else f"{value:g}s"
 
 
 async def _follow(session: aiohttp.ClientSession, url: str, limits: DownloadLimits) -> bytes:

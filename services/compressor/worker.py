@@ -70,7 +70,9 @@ class CompressorWorker:
                 self.executor, _compress_job, data, self.quality, self.max_pixels
             )
         except ImageRejected as exc:
-            await self._fail(task, str(exc), len(data))
+            # bytes_in counts compressed images only: a rejected download saved nothing, and counting it
+            # would inflate the request's savings_percent
+            await self._fail(task, str(exc), 0)
             return
         key = output_key(task, result.extension)
         await self.storage.put_bytes(key, result.data, result.content_type)

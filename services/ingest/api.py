@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from services.ingest.docs_page import render_docs
+from services.ingest.openapi import DOCS_PATH, OPENAPI_PATH, build_openapi
 from services.ingest.problems import problem
 from services.ingest.records import product_view, status_view, webhook_view
 from services.ingest.upload import UploadHandler
@@ -15,7 +17,7 @@ from shared.database import Database
 from shared.runtime import HealthCheck, health_routes
 from shared.settings import Settings
 
-_OPEN_PATHS = frozenset({"/healthz"})
+_OPEN_PATHS = frozenset({"/healthz", OPENAPI_PATH, DOCS_PATH})  # the docs say how to get a key, so they are open
 MAX_PAGE = 500
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -82,7 +84,13 @@ class ReadViews:
         if offset < 0 or not (1 <= limit <= MAX_PAGE):
             return problem(400, "bad-paging", "Bad paging", f"offset >= 0 and 1 <= limit <= {MAX_PAGE}")
         cursor = self.db.products.find({"request_id": document["_id"]}).sort("row", 1).skip(offset).limit(limit)
-        items = [product_view(product) async for product in cursor]
+        products = [product async for product in cursor]
+        by_row: dict[int, list[dict]] = {}
+        if products:
+            span = {"$gte": products[0]["row"], "$lte": products[-1]["row"]}
+            async for result in self.db.results.find({"request_id": document["_id"], "row": span}):
+                by_row.setdefault(result["row"], []).append(result)
+        items = [product_view(product, by_row.get(product["row"], [])) for product in products]
         total = document.get("products_total", 0)
         body: dict = {"request_id": document["_id"], "offset": offset, "limit": limit, "total": total, "items": items}
         if offset + len(items) < total:
@@ -102,6 +110,20 @@ class ReadViews:
         raise web.HTTPFound(url)
 
 
+def docs_routes(settings: Settings) -> list[web.RouteDef]:
+    """``GET /openapi.json`` and ``GET /docs``, both built once from the settings this server runs with."""
+    spec = build_openapi(settings)
+
+    async def openapi_json(_request: web.Request) -> web.Response:
+        return web.json_response(spec)
+
+    async def docs(request: web.Request) -> web.Response:
+        base_url = f"{request.scheme}://{request.host}"
+        return web.Response(text=render_docs(spec, base_url), content_type="text/html")
+
+    return [web.get(OPENAPI_PATH, openapi_json), web.get(DOCS_PATH, docs)]
+
+
 def build_app(settings: Settings, db: Database, upload: UploadHandler, check: HealthCheck) -> web.Application:
     app = web.Application(middlewares=[api_key_middleware(settings)], client_max_size=settings.max_csv_bytes + 65536)
     views = ReadViews(db)
@@ -113,6 +135,7 @@ def build_app(settings: Settings, db: Database, upload: UploadHandler, check: He
             web.get("/requests/{request_id}/products", views.products),
             web.get("/requests/{request_id}/output.csv", views.output_csv),
             *health_routes(check),
+            *docs_routes(settings),
         ]
     )
     return app

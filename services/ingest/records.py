@@ -51,7 +51,6 @@ def new_request_document(
 
 
 def product_document(request_id: str, row: ProductRow) -> dict[str, Any]:
-    count = len(row.urls)
     return {
         "_id": f"{request_id}:{row.row}",
         "request_id": request_id,
@@ -61,10 +60,6 @@ def product_document(request_id: str, row: ProductRow) -> dict[str, Any]:
         "product_name": row.product_name,
         "extra": row.extra,
         "input_image_urls": row.urls,
-        "output_image_urls": [None] * count,
-        "image_errors": [None] * count,
-        "settled": [False] * count,
-        "pending": count,
     }
 
 
@@ -145,14 +140,25 @@ def webhook_view(document: dict[str, Any], deliveries: dict[str, Any] | None) ->
     }
 
 
-def product_view(document: dict[str, Any]) -> dict[str, Any]:
+def product_view(document: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
+    """A product with one output slot per input URL, filled from the aggregator's per-image results."""
+    count = len(document["input_image_urls"])
+    outputs: list[str | None] = [None] * count
+    errors: list[str | None] = [None] * count
+    settled = 0
+    for result in results:
+        index = result["index"]
+        if 0 <= index < count:
+            outputs[index] = result.get("output_url")
+            errors[index] = result.get("error")
+            settled += 1
     return {
         "row": document["row"],
         "serial_number": document["serial_number"],
         "product_name": document["product_name"],
         "extra": document.get("extra", {}),
         "input_image_urls": document["input_image_urls"],
-        "output_image_urls": document["output_image_urls"],
-        "image_errors": document["image_errors"],
-        "pending": document["pending"],
+        "output_image_urls": outputs,
+        "image_errors": errors,
+        "pending": count - settled,
     }

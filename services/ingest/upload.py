@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from pymongo.errors import DuplicateKeyError
 
 from services.ingest.csv_parser import CsvReader, HeaderError, Limits, RowProblem, url_problem
@@ -32,7 +33,6 @@ from shared.url_guard import BlockedAddressError, check_literal_host
 log = structlog.get_logger()
 
 ACCEPTED_MESSAGE = "CSV received and processing started."
-_BINARY_SNIFF = 8192
 _NON_CSV_TYPES = (
     "image/",
     "audio/",
@@ -102,9 +102,14 @@ class UploadHandler:
                 "send the CSV as multipart/form-data with the file in a field named 'file'",
             )
         idempotency_key = request.headers.get("Idempotency-Key")
-        if idempotency_key is not None and not (1 <= len(idempotency_key) <= 255):
+        if idempotency_key is not None and not (
+            1 <= len(idempotency_key) <= 255 and idempotency_key.isascii() and idempotency_key.isprintable()
+        ):
             return problem(
-                400, "bad-idempotency-key", "Bad Idempotency-Key", "Idempotency-Key must be 1 to 255 characters"
+                400,
+                "bad-idempotency-key",
+                "Bad Idempotency-Key",
+                "Idempotency-Key must be 1 to 255 printable ASCII characters",
             )
         fd, path = tempfile.mkstemp(prefix="pixpress-upload-", suffix=".csv")
         os.close(fd)
@@ -181,6 +186,20 @@ class UploadHandler:
 
     async def _receive(self, request: web.Request, path: str) -> tuple[str | None, str, int]:
         """Stream the multipart body; returns (webhook_url, sha256 of the file, file size)."""
+        try:
+            return await self._read_parts(request, path)
+        # aiohttp's multipart reader: no boundary, boundary not found, body cut short, malformed part headers
+        except (ValueError, HttpProcessingError) as exc:
+            raise UploadRefused(
+                problem(
+                    400,
+                    "malformed-multipart",
+                    "Malformed multipart body",
+                    "the multipart/form-data body could not be read: " + " ".join(str(exc).split())[:300],
+                )
+            ) from None
+
+    async def _read_parts(self, request: web.Request, path: str) -> tuple[str | None, str, int]:
         reader = await request.multipart()
         webhook_url: str | None = None
         digest: str | None = None
@@ -199,12 +218,14 @@ class UploadHandler:
                 self._check_part_type(part)
                 digest, size = await self._save(part, path)
             elif part.name == "webhook_url":
-                raw = await part.read(decode=True)
-                if len(raw) > self.settings.max_url_length:
-                    raise UploadRefused(
-                        problem(400, "invalid-webhook-url", "Invalid webhook_url", "webhook_url is too long")
-                    )
-                webhook_url = raw.decode("utf-8", errors="replace").strip() or None
+                raw = bytearray()
+                while chunk := await part.read_chunk(4096):  # bounded: never buffer a huge field
+                    raw += chunk
+                    if len(raw) > self.settings.max_url_length:
+                        raise UploadRefused(
+                            problem(400, "invalid-webhook-url", "Invalid webhook_url", "webhook_url is too long")
+                        )
+                webhook_url = part.decode(bytes(raw)).decode("utf-8", errors="replace").strip() or None
             else:
                 await part.release()
         if digest is None:
@@ -227,20 +248,17 @@ class UploadHandler:
         limit = self.settings.max_csv_bytes
         sha = hashlib.sha256()
         size = 0
-        first = True
         with open(path, "wb") as out:  # noqa: ASYNC230 - writes below go through a thread
             while chunk := await part.read_chunk(256 * 1024):
-                if first:
-                    first = False
-                    if b"\x00" in chunk[:_BINARY_SNIFF]:
-                        raise UploadRefused(
-                            problem(
-                                415,
-                                "binary-file",
-                                "Binary file",
-                                "the file contains NUL bytes; it is not a CSV text file",
-                            )
+                if b"\x00" in chunk:  # anywhere in the file, not only at its start; memchr is cheap
+                    raise UploadRefused(
+                        problem(
+                            415,
+                            "binary-file",
+                            "Binary file",
+                            "the file contains NUL bytes; it is not a CSV text file",
                         )
+                    )
                 size += len(chunk)
                 if size > limit:
                     raise UploadRefused(
@@ -275,7 +293,8 @@ class UploadHandler:
             ) from None
         if not validation.problems:
             return validation
-        too_many_rows = any("more than" in p.message and "rows" in p.message for p in validation.problems)
+        # the reader stops at the first row over the limit, so only that problem has a row number above it
+        too_many_rows = any(p.row > self.settings.max_rows for p in validation.problems)
         if too_many_rows:
             raise UploadRefused(
                 problem(
