@@ -12,7 +12,7 @@ import csv
 import io
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import aio_pika
 import aiohttp
@@ -92,22 +92,18 @@ async def outage(program: str, seconds: float) -> None:
 
 
 @pytest.mark.parametrize(
-    ("label", "fault"),
-    [
-        ("rabbitmq restart", lambda: outage("rabbitmq", 2)),
-        ("minio down 10 s", lambda: outage("minio", 10)),
-    ],
+    ("program", "seconds"), [("rabbitmq", 2), ("minio", 10)], ids=["rabbitmq-restart", "minio-down-10s"]
 )
 async def test_server_outage_mid_request_loses_nothing(
     stack_api: str,
     http: aiohttp.ClientSession,
     image_host: ImageHost,
     webhook: WebhookReceiver,
-    label: str,
-    fault: Callable[[], Awaitable[None]],
+    program: str,
+    seconds: float,
 ):
     request_id, rows = await start_slow_request(http, image_host, webhook)
-    await fault()
+    await outage(program, seconds)
     await assert_nothing_lost(http, webhook, request_id, rows)
 
 
