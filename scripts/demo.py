@@ -68,9 +68,10 @@ async def follow(session: aiohttp.ClientSession, request_id: str, timeout: float
         while loop.time() < deadline:
             async with session.get(f"{API}/status/{request_id}") as response:
                 status = await response.json()
-            bar.n = status["progress"]["percent"]
-            bar.set_postfix_str(status["status"])
-            bar.refresh()
+            shown = (status["progress"]["percent"], status["status"])
+            if shown != (bar.n, bar.postfix):  # redraw only on change: quiet when stdout is not a terminal
+                bar.n = shown[0]
+                bar.set_postfix_str(shown[1])
             if status["status"] in ("Completed", "Failed"):
                 return status
             await asyncio.sleep(0.3)
