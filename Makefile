@@ -22,6 +22,9 @@ test: export PIXPRESS_RETRY_BASE_DELAY_MS ?= 200
 test: export PIXPRESS_WEBHOOK_RETRY_DELAYS_MS ?= [300,600,1200]
 test: export PIXPRESS_SWEEP_INTERVAL ?= 2
 test: export PIXPRESS_STUCK_AFTER ?= 10
+# smaller input limits so the limit tests send megabytes, not the 50 MiB / 1,000,000-row defaults
+test: export PIXPRESS_MAX_ROWS ?= 50000
+test: export PIXPRESS_MAX_CSV_BYTES ?= 16777216
 # The demo and the benchmark serve their images from 127.0.0.1.
 demo bench: export PIXPRESS_ALLOW_PRIVATE_URLS ?= true
 

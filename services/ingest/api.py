@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -19,6 +20,8 @@ from shared.settings import Settings
 
 _OPEN_PATHS = frozenset({"/healthz", OPENAPI_PATH, DOCS_PATH})  # the docs say how to get a key, so they are open
 MAX_PAGE = 500
+_INTEGER = re.compile(r"-?[0-9]{1,19}")
+MAX_OFFSET = 2**31 - 1  # larger skips overflow MongoDB's 64-bit integers (a 500); no request has that many rows
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -41,7 +44,7 @@ def api_key_middleware(settings: Settings) -> Callable[[web.Request, Handler], A
 def _request_id(request: web.Request) -> str:
     raw = request.match_info["request_id"]
     try:
-        return str(uuid.UUID(raw, version=4))
+        return str(uuid.UUID(raw))  # not version=4: that would rewrite the version bits, not check them
     except ValueError:
         raise web.HTTPBadRequest(
             text='{"error": "malformed request id; expected a UUID"}', content_type="application/json"
@@ -76,13 +79,12 @@ class ReadViews:
 
     async def products(self, request: web.Request) -> web.Response:
         document = await self._load(request)
-        try:
-            offset = int(request.query.get("offset", "0"))
-            limit = int(request.query.get("limit", "100"))
-        except ValueError:
+        raw_offset, raw_limit = request.query.get("offset", "0"), request.query.get("limit", "100")
+        if not (_INTEGER.fullmatch(raw_offset) and _INTEGER.fullmatch(raw_limit)):  # int() also takes "1_0", " ٣"
             return problem(400, "bad-paging", "Bad paging", "offset and limit must be integers")
-        if offset < 0 or not (1 <= limit <= MAX_PAGE):
-            return problem(400, "bad-paging", "Bad paging", f"offset >= 0 and 1 <= limit <= {MAX_PAGE}")
+        offset, limit = int(raw_offset), int(raw_limit)
+        if not (0 <= offset <= MAX_OFFSET) or not (1 <= limit <= MAX_PAGE):
+            return problem(400, "bad-paging", "Bad paging", f"0 <= offset <= {MAX_OFFSET} and 1 <= limit <= {MAX_PAGE}")
         cursor = self.db.products.find({"request_id": document["_id"]}).sort("row", 1).skip(offset).limit(limit)
         products = [product async for product in cursor]
         by_row: dict[int, list[dict]] = {}
@@ -129,7 +131,7 @@ def build_app(settings: Settings, db: Database, upload: UploadHandler, check: He
     views = ReadViews(db)
     app.add_routes(
         [
-            web.post("/upload", upload),
+            web.post("/upload", upload.__call__),  # a bound coroutine method: aiohttp deprecates other callables
             web.get("/status/{request_id}", views.status),
             web.get("/requests/{request_id}", views.detail),
             web.get("/requests/{request_id}/products", views.products),

@@ -156,7 +156,15 @@ def _responses(responses: dict[str, Schema]) -> str:
             f"<tr><td><b>{escape(status)}</b></td><td>{_inline(response.get('description', ''))}</td>"
             f"<td>{'<br>'.join(x for x in (bodies, headers) if x) or '—'}</td></tr>"
         )
-    return "<h4>Responses</h4><table><tr><th>status</th><th>meaning</th><th>body</th></tr>" + "".join(rows) + "</table>"
+    examples = "".join(
+        f"<p>Example {escape(status)} <code>{escape(media_type)}</code>:</p>"
+        f"<pre><code>{escape(json.dumps(media['example'], indent=2, ensure_ascii=False))}</code></pre>"
+        for status, response in responses.items()
+        for media_type, media in response.get("content", {}).items()
+        if "example" in media
+    )
+    table = "<h4>Responses</h4><table><tr><th>status</th><th>meaning</th><th>body</th></tr>" + "".join(rows)
+    return table + "</table>" + examples
 
 
 def _example_value(parameter: Schema) -> str:

@@ -36,7 +36,7 @@ def _json_response(description: str, schema: Schema) -> Schema:
 
 def _schemas(settings: Settings) -> dict[str, Schema]:
     counter = {"type": "integer", "minimum": 0}
-    return {
+    schemas: dict[str, Schema] = {
         "Problem": {
             "type": "object",
             "description": "RFC 9457 problem details. `type` names the problem; `detail` says what to fix.",
@@ -172,29 +172,24 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                 "error": {"type": ["string", "null"]},
                 "duration_ms": {"type": "integer", "minimum": 0},
             },
+            "additionalProperties": False,
         },
         "Webhook": {
             "type": "object",
-            "required": ["target", "state", "attempts"],
+            "required": ["target", "webhook_id", "state", "attempts"],
             "properties": {
                 "target": {
                     "type": "string",
                     "description": "Scheme and host of the webhook URL only (no path, query or credentials).",
                 },
+                "webhook_id": {
+                    "type": "string",
+                    "description": "The `webhook-id` header of every delivery attempt (`msg_<request_id>`).",
+                },
                 "state": {"type": "string", "enum": ["pending", "retrying", "delivered", "dead"]},
                 "attempts": {"type": "array", "items": _ref("WebhookAttempt")},
             },
-        },
-        "RequestDetail": {
-            "description": "The status body plus the webhook delivery history (null without a webhook_url).",
-            "allOf": [
-                {**_ref("Status")},
-                {
-                    "type": "object",
-                    "required": ["webhook"],
-                    "properties": {"webhook": {"oneOf": [_ref("Webhook"), {"type": "null"}]}},
-                },
-            ],
+            "additionalProperties": False,
         },
         "Product": {
             "type": "object",
@@ -255,6 +250,16 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
             "additionalProperties": False,
         },
     }
+    # the status body plus one field; spelled out (not allOf) because Status forbids additional properties
+    status = schemas["Status"]
+    schemas["RequestDetail"] = {
+        "type": "object",
+        "description": "The status body plus the webhook delivery history (null without a webhook_url).",
+        "required": [*status["required"], "webhook"],
+        "properties": {**status["properties"], "webhook": {"oneOf": [_ref("Webhook"), {"type": "null"}]}},
+        "additionalProperties": False,
+    }
+    return schemas
 
 
 def _request_id_parameter() -> Schema:
@@ -307,9 +312,10 @@ def _upload_operation(settings: Settings) -> Schema:
                 "required": False,
                 "description": (
                     "Repeat an upload safely: the same key with the same file answers with the same `request_id` "
-                    "and starts nothing new; the same key with a different file is refused with 422."
+                    "and starts nothing new; the same key with a different file is refused with 422. 1 to 255 "
+                    "printable ASCII characters."
                 ),
-                "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]+$"},
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
                 "example": "order-2024-06-01-batch-7",
             }
         ],
@@ -340,10 +346,37 @@ def _upload_operation(settings: Settings) -> Schema:
             },
         },
         "responses": {
-            "200": _json_response("Accepted: the CSV is stored and processing has started.", _ref("UploadAccepted")),
-            "400": _problem_response(
-                "The file breaks a CSV rule (`errors` lists every problem), is empty, is not UTF-8, the `file` "
-                "field is missing or repeated, or `webhook_url` / `Idempotency-Key` is invalid."
+            "200": _example(
+                _json_response("Accepted: the CSV is stored and processing has started.", _ref("UploadAccepted")),
+                JSON,
+                {
+                    "message": ACCEPTED_MESSAGE,
+                    "request_id": "3f2c8a1e-9b7d-4c55-8e0f-2a6b1d9c7e41",
+                    "status_url": "/status/3f2c8a1e-9b7d-4c55-8e0f-2a6b1d9c7e41",
+                },
+            ),
+            "400": _example(
+                _problem_response(
+                    "The file breaks a CSV rule (`errors` lists every problem), is empty, is not UTF-8, the "
+                    "multipart body is malformed, the `file` field is missing or repeated, or `webhook_url` / "
+                    "`Idempotency-Key` is invalid."
+                ),
+                PROBLEM_JSON,
+                {
+                    "type": "https://pixpress.dev/problems/invalid-csv",
+                    "title": "Invalid CSV",
+                    "status": 400,
+                    "detail": "2 problem(s) found",
+                    "errors": [
+                        {"row": 3, "column": "Serial Number", "message": "serial number 'A-1' appears more than once"},
+                        {
+                            "row": 7,
+                            "column": "Input Image Urls",
+                            "message": "URL scheme 'ftp' is not allowed (only http and https): 'ftp://img/1.jpg'",
+                        },
+                    ],
+                    "row_numbering": "row 1 is the first data row; row 0 is the header",
+                },
             ),
             "413": _problem_response("The file is over the byte limit or the row limit."),
             "415": _problem_response(
@@ -353,6 +386,11 @@ def _upload_operation(settings: Settings) -> Schema:
             "422": _problem_response("The Idempotency-Key was already used with a different file."),
         },
     }
+
+
+def _example(response: Schema, media_type: str, example: Any) -> Schema:
+    response["content"][media_type]["example"] = example
+    return response
 
 
 def _get(operation_id: str, tag: str, summary: str, description: str, responses: dict[str, Schema]) -> Schema:
@@ -417,7 +455,7 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                         "in": "query",
                         "required": False,
                         "description": "Products to skip.",
-                        "schema": {"type": "integer", "minimum": 0, "default": 0},
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1, "default": 0},
                     },
                     {
                         "name": "limit",
