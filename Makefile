@@ -21,7 +21,10 @@ test: export PIXPRESS_WEBHOOK_SECRET ?= whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
 test: export PIXPRESS_RETRY_BASE_DELAY_MS ?= 200
 test: export PIXPRESS_WEBHOOK_RETRY_DELAYS_MS ?= [300,600,1200]
 test: export PIXPRESS_SWEEP_INTERVAL ?= 2
-test: export PIXPRESS_STUCK_AFTER ?= 10
+test: export PIXPRESS_STUCK_AFTER ?= 30
+# a hanging image host fails in seconds, and its retry chain ends well inside STUCK_AFTER
+test: export PIXPRESS_READ_TIMEOUT ?= 3
+test: export PIXPRESS_DOWNLOAD_TIMEOUT ?= 5
 # smaller input limits so the limit tests send megabytes, not the 50 MiB / 1,000,000-row defaults
 test: export PIXPRESS_MAX_ROWS ?= 50000
 test: export PIXPRESS_MAX_CSV_BYTES ?= 16777216

@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     fanout_batch: int = Field(default=500, ge=1)
     aggregator_prefetch: int = Field(default=256, ge=1, description="results in flight; also the batch size")
     sweep_interval: float = Field(default=30.0, gt=0)
-    stuck_after: float = Field(default=120.0, gt=0)
+    stuck_after: float = Field(default=600.0, gt=0, description="quiet time before a request is re-checked")
 
     # --- webhooks ---------------------------------------------------------------------------------------
     webhook_secret: SecretStr | None = None
