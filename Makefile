@@ -11,7 +11,7 @@ STACK := scripts/stack.sh
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 BENCH_ARGS ?=
-BENCH_MODULE ?= bench.run
+BENCH_MODULE ?= bench.throughput
 
 # The settings the test suite expects from the running services (short retry delays, a webhook secret,
 # local image hosts allowed). Exported to both `scripts/stack.sh up` (which restarts the services when their

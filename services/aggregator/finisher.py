@@ -40,18 +40,24 @@ class Finisher:
         self.broker = broker
         self.locks = KeyedLocks()
 
-    async def finish_if_complete(self, request_id: str) -> bool:
+    async def finish_if_complete(self, request_id: str, *, counted_complete: bool = False) -> bool:
         async with self.locks.hold(request_id):
-            return await self.finish_if_complete_locked(request_id)
+            return await self.finish_if_complete_locked(request_id, counted_complete=counted_complete)
 
-    async def finish_if_complete_locked(self, request_id: str) -> bool:
-        """The caller holds ``self.locks`` for ``request_id``."""
+    async def finish_if_complete_locked(self, request_id: str, *, counted_complete: bool = False) -> bool:
+        """The caller holds ``self.locks`` for ``request_id``.
+
+        ``counted_complete``: the progress counters already reach the total. They are incremented only after the
+        results are inserted, so they can fall short of the truth but never exceed it, and the exact count (a
+        collection scan on FerretDB) can be skipped.
+        """
         request = await self.db.requests.find_one({"_id": request_id})
         if request is None or request["status"] not in _OPEN or not request.get("fanout_complete"):
             return False
-        settled = await self.db.results.count_documents({"request_id": request_id})
-        if settled < request.get("images_total", 0):
-            return False
+        if not counted_complete:
+            settled = await self.db.results.count_documents({"request_id": request_id})
+            if settled < request.get("images_total", 0):
+                return False
         await self._finish(request)
         return True
 

@@ -80,7 +80,7 @@ class Sweeper:
         quiet = last is None or last < quiet_since
         if settled < images_total and not quiet:
             return
-        if await self.finisher.finish_if_complete(request_id):
+        if await self.finisher.finish_if_complete(request_id, counted_complete=settled >= images_total):
             log.info("sweep_finished_request", request_id=request_id)
         elif quiet:
             await self._resume_if_quiet(request_id, quiet_since)

@@ -91,7 +91,7 @@ class ResultTracker:
             )
             settled = progress.get("images_done", 0) + progress.get("images_failed", 0)
             if total is not None and settled >= total:
-                await self.finisher.finish_if_complete_locked(request_id)
+                await self.finisher.finish_if_complete_locked(request_id, counted_complete=True)
                 return
         if duplicates and total is not None:
             await self.finisher.finish_if_complete_locked(request_id)

@@ -80,7 +80,8 @@ def compress(data: bytes, *, quality: int = 50, max_pixels: int = 100_000_000) -
 def _still(source: Image.Image, fmt: str, quality: int) -> Compressed:
     source.load()
     icc = source.info.get("icc_profile")
-    image = ImageOps.exif_transpose(source) or source
+    ImageOps.exif_transpose(source, in_place=True)  # in place: no copy of the (usually upright) pixels
+    image: Image.Image = source
     image, icc = _to_8bit_colour(image, icc)
     transparent = _has_transparency(image)
     target = _LOSSY_KEEP.get(fmt) or ("WEBP" if transparent else "JPEG")

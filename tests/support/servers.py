@@ -95,7 +95,7 @@ class ImageHost(LocalServer):
         try:
             for _ in range(4096):  # 256 MiB at most
                 await response.write(chunk)
-        except (ConnectionResetError, asyncio.CancelledError):
+        except (ConnectionError, asyncio.CancelledError):
             pass
         return response
 
