@@ -35,7 +35,6 @@ import contextlib
 import io
 import json
 import os
-import shlex
 import signal
 import socket
 import statistics
@@ -58,6 +57,7 @@ sys.path.insert(0, str(REPO))
 
 from services.compressor.compress import compress  # noqa: E402
 from tests.support.photos import DATA_DIR  # noqa: E402
+from tests.support.stack import service_env  # noqa: E402
 
 OUT = REPO / "bench" / "out"
 STATE = Path(os.environ.get("PIXPRESS_STATE_DIR", REPO / ".run"))
@@ -177,15 +177,7 @@ def thread_floor(bodies: list[bytes], processes: int, threads: int) -> float:
 
 def stack_settings() -> dict[str, str]:
     """How to reach the stack's servers: the PIXPRESS_* connection settings its services run with."""
-    values: dict[str, str] = {}
-    path = STATE / "service.env"
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            words = shlex.split(line, comments=True)
-            if len(words) == 2 and words[0] == "export" and "=" in words[1]:
-                name, _, value = words[1].partition("=")
-                values[name] = value
-    values.update({k: v for k, v in os.environ.items() if k.startswith("PIXPRESS_")})
+    values = {**service_env(), **{k: v for k, v in os.environ.items() if k.startswith("PIXPRESS_")}}
     wanted = ("AMQP_URL", "MONGO_URL", "S3_ENDPOINT", "S3_ACCESS_KEY", "S3_SECRET_KEY", "S3_SECURE")
     return {f"PIXPRESS_{name}": values[f"PIXPRESS_{name}"] for name in wanted if f"PIXPRESS_{name}" in values}
 

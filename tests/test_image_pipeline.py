@@ -11,12 +11,9 @@ import asyncio
 import base64
 import csv
 import io
-import os
-import shlex
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 import numpy as np
@@ -25,25 +22,15 @@ from PIL import Image, ImageChops, ImageStat
 
 from services.compressor.compress import ImageRejected, compress
 from shared.settings import Settings
-from tests.support import zoo
+from tests.support import stack, zoo
 from tests.support.client import API, csv_text, upload, wait_final
 from tests.support.photos import reference_quantization
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def service_settings() -> Settings:
     """The settings the running services were started with: ``scripts/stack.sh up`` writes their PIXPRESS_*
     environment to ``<state>/service.env``; this process's own PIXPRESS_* fill in when there is no such file."""
-    values = {k: v for k, v in os.environ.items() if k.startswith("PIXPRESS_")}
-    state = Path(os.environ.get("PIXPRESS_STATE_DIR", REPO / ".run"))
-    env_file = state / "service.env"
-    if env_file.is_file():
-        for line in env_file.read_text().splitlines():
-            words = shlex.split(line, comments=True)
-            if len(words) == 2 and words[0] == "export" and "=" in words[1]:
-                name, _, value = words[1].partition("=")
-                values[name] = value
+    values = stack.service_env()
     scalars = {
         "read_timeout",
         "download_timeout",

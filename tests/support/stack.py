@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import signal
 import subprocess
 from pathlib import Path
@@ -13,6 +14,20 @@ STATE = Path(os.environ.get("PIXPRESS_STATE_DIR", REPO / ".run"))
 CONF = STATE / "supervisord.conf"
 MANAGEMENT = "http://127.0.0.1:15672/api"
 MANAGEMENT_AUTH = ("guest", "guest")
+
+
+def service_env() -> dict[str, str]:
+    """The PIXPRESS_* environment the running services got (``scripts/stack.sh up`` writes it to
+    ``<state>/service.env``), overlaid with this process's own PIXPRESS_* where the file has none."""
+    values = {k: v for k, v in os.environ.items() if k.startswith("PIXPRESS_")}
+    env_file = STATE / "service.env"
+    if env_file.is_file():
+        for line in env_file.read_text().splitlines():
+            words = shlex.split(line, comments=True)
+            if len(words) == 2 and words[0] == "export" and "=" in words[1]:
+                name, _, value = words[1].partition("=")
+                values[name] = value
+    return values
 
 
 def processes() -> dict[str, int]:
