@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -655,6 +656,28 @@ async def test_same_key_same_file_returns_the_same_request_and_starts_nothing_ne
     conflict = problem_body(await post(http, other, headers={"Idempotency-Key": key}), 422, "idempotency-key-reused")
     assert "different file" in conflict["detail"]
     assert await traces(mongo, minio, other, key) == {"requests": 0, "objects": 0, "requests_with_key": 1, "keys": 1}
+
+
+async def test_a_key_left_behind_by_an_upload_that_died_is_freed_after_a_minute(
+    http: aiohttp.ClientSession, photos: PhotoHost, mongo: Any
+):
+    """The key is recorded just before the request; a crash between the two must not block the key forever."""
+    key = f"orphan-{uuid.uuid4()}"
+    ghost = str(uuid.uuid4())
+    data = csv_of(unique_row("O1", photos.url)).encode()
+    long_ago = datetime.now(UTC) - timedelta(minutes=5)
+    await mongo.idempotency_keys.insert_one(
+        {"_id": key, "request_id": ghost, "csv_sha256": "x", "created_at": long_ago}
+    )
+    request_id = await accepted(http, photos, data, headers={"Idempotency-Key": key})
+    assert request_id != ghost
+    assert (await mongo.idempotency_keys.find_one({"_id": key}))["request_id"] == request_id
+
+    recent = f"orphan-{uuid.uuid4()}"  # a minute has not passed: maybe a concurrent upload still on its way
+    await mongo.idempotency_keys.insert_one(
+        {"_id": recent, "request_id": ghost, "csv_sha256": "x", "created_at": datetime.now(UTC)}
+    )
+    problem_body(await post(http, data, headers={"Idempotency-Key": recent}), 422, "idempotency-key-reused")
 
 
 # --- optional API key (in-process app on the real servers) --------------------------------------------------

@@ -13,6 +13,7 @@ import os
 import tempfile
 import uuid
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -28,11 +29,13 @@ from shared.database import Database
 from shared.messages import RequestAccepted, RoutingKey
 from shared.settings import Settings
 from shared.storage import Storage
+from shared.timeutil import utcnow
 from shared.url_guard import BlockedAddressError, check_literal_host
 
 log = structlog.get_logger()
 
 ACCEPTED_MESSAGE = "CSV received and processing started."
+ORPHAN_KEY_AFTER = timedelta(minutes=1)
 _NON_CSV_TYPES = (
     "image/",
     "audio/",
@@ -125,7 +128,7 @@ class UploadHandler:
         if webhook_url is not None:
             self._check_webhook(webhook_url)
         if idempotency_key is not None:
-            previous = await self.db.idempotency_keys.find_one({"_id": idempotency_key})
+            previous = await self._previous_use(idempotency_key)
             if previous is not None:
                 return self._replay(previous, digest)
         validation = await self._validate(path)
@@ -148,7 +151,7 @@ class UploadHandler:
         if idempotency_key is not None:
             try:
                 await self.db.idempotency_keys.insert_one(
-                    {"_id": idempotency_key, "request_id": request_id, "csv_sha256": digest}
+                    {"_id": idempotency_key, "request_id": request_id, "csv_sha256": digest, "created_at": utcnow()}
                 )
             except DuplicateKeyError:  # a concurrent upload with the same key won the race
                 previous = await self.db.idempotency_keys.find_one({"_id": idempotency_key})
@@ -163,6 +166,22 @@ class UploadHandler:
         return web.json_response(
             {"message": ACCEPTED_MESSAGE, "request_id": request_id, "status_url": f"/status/{request_id}"}
         )
+
+    async def _previous_use(self, key: str) -> dict[str, Any] | None:
+        """The earlier upload under ``key``, if it got as far as its request record.
+
+        The key is recorded just before the request; an upload that died between the two leaves an orphan key.
+        One older than a minute (so not a concurrent upload still on its way) is dropped and the key is free.
+        """
+        previous = await self.db.idempotency_keys.find_one({"_id": key})
+        if previous is None or await self.db.requests.find_one({"_id": previous["request_id"]}, {"_id": 1}):
+            return previous
+        created = previous.get("created_at")
+        if created is not None and created > utcnow() - ORPHAN_KEY_AFTER:
+            return previous
+        await self.db.idempotency_keys.delete_one({"_id": key, "request_id": previous["request_id"]})
+        log.warning("idempotency_key_orphan_dropped", request_id=previous["request_id"])
+        return None
 
     @staticmethod
     def _replay(previous: dict[str, Any], digest: str) -> web.Response:
