@@ -56,7 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from services.compressor.compress import compress  # noqa: E402
-from tests.support.photos import DATA_DIR  # noqa: E402
+from tests.support.photos import DATA_DIR, PHOTOS  # noqa: E402
 from tests.support.stack import service_env  # noqa: E402
 
 OUT = REPO / "bench" / "out"
@@ -70,18 +70,8 @@ BUCKET = "pixpress-throughput"
 POLL_SECONDS = 0.25  # status polling: at most 2.5 % of a 10 s run, and little load on the API and FerretDB
 SIZE = (2400, 1600)
 # colour photographs shipped in the scikit-image wheel
-SOURCES = (
-    "astronaut.png",
-    "chelsea.png",
-    "coffee.png",
-    "rocket.jpg",
-    "hubble_deep_field.jpg",
-    "motorcycle_left.png",
-    "motorcycle_right.png",
-    "retina.jpg",
-    "ihc.png",
-)
-PHOTO_VERSION = 2  # bump when make_photo changes, so cached files are remade
+SOURCES = (*PHOTOS, "motorcycle_right.png", "ihc.png")
+PHOTO_VERSION = 3  # bump when make_photo changes, so cached files are remade
 
 
 # --- the photographs ----------------------------------------------------------------------------------------------

@@ -52,6 +52,11 @@ def _queue_arguments(queue: str) -> dict[str, Any]:
     }
 
 
+def delivery_count(message: AbstractIncomingMessage) -> int:
+    """How many times the quorum queue delivered this message before (its ``x-delivery-count`` header)."""
+    return int((message.headers or {}).get("x-delivery-count", 0) or 0)
+
+
 def delay_queue_name(routing_key: str, delay_ms: int) -> str:
     return f"pixpress.delay.{routing_key}.{delay_ms}"
 
@@ -67,7 +72,6 @@ class Broker:
         self._exchange: AbstractExchange | None = None
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._delay_queues: set[str] = set()
-        self._in_flight: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._active = 0
@@ -228,7 +232,7 @@ class Broker:
             # most failures here are a dependency that is briefly away (database, storage, broker): wait before
             # handing the message back, longer each delivery, so the delivery limit spans ~30 s of outage
             # instead of being burnt in a few milliseconds.
-            deliveries = int((message.headers or {}).get("x-delivery-count", 0) or 0)
+            deliveries = delivery_count(message)
             log.exception("handler_failed", deliveries=deliveries)
             await asyncio.sleep(min(2.0**deliveries, 16.0))
             await message.nack(requeue=True)

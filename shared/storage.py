@@ -88,15 +88,6 @@ class Storage:
     async def download_to_file(self, key: str, path: str) -> None:
         await asyncio.to_thread(self._client.fget_object, self._bucket, key, path)
 
-    async def exists(self, key: str) -> bool:
-        try:
-            await asyncio.to_thread(self._client.stat_object, self._bucket, key)
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject"):
-                return False
-            raise
-        return True
-
     async def healthy(self) -> bool:
         try:
             return await asyncio.to_thread(self._client.bucket_exists, self._bucket)

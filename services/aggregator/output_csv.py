@@ -20,10 +20,8 @@ SPOOL_BYTES = 8 * 1024 * 1024
 
 @dataclass
 class OutputSummary:
-    products: int = 0
     images_done: int = 0
     images_failed: int = 0
-    images_missing: int = 0
 
 
 @dataclass
@@ -84,14 +82,11 @@ async def write_output_csv(
     summary = OutputSummary()
     async for product, slots in rows:
         writer.writerow(output_row(product, slots, extra_columns))
-        summary.products += 1
         for url, settled in zip(slots.outputs, slots.settled, strict=True):
             if url:
                 summary.images_done += 1
             elif settled:
                 summary.images_failed += 1
-            else:
-                summary.images_missing += 1
     text.flush()
     text.detach()
     size = spool.tell()

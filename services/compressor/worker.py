@@ -13,7 +13,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from services.compressor.compress import Compressed, ImageRejected, compress
 from services.compressor.download import DownloadError, DownloadLimits, download
-from shared.broker import DELIVERY_LIMIT, Broker
+from shared.broker import DELIVERY_LIMIT, Broker, delivery_count
 from shared.messages import ImageResult, ImageTask, RoutingKey
 from shared.storage import Storage
 
@@ -45,7 +45,7 @@ class CompressorWorker:
 
     async def handle(self, task: ImageTask, message: AbstractIncomingMessage) -> None:
         structlog.contextvars.bind_contextvars(row=task.row, index=task.index, attempt=task.attempt)
-        deliveries = int((message.headers or {}).get("x-delivery-count", 0) or 0)
+        deliveries = delivery_count(message)
         if deliveries >= DELIVERY_LIMIT - 1:
             # this task was taken by compressors that died (or were killed) before acking it, again and
             # again: the image itself is the likely cause. Settle it as failed rather than let the broker

@@ -49,6 +49,13 @@ _NON_CSV_TYPES = (
 )
 
 
+def accepted(request_id: str, **extra: object) -> web.Response:
+    """The seed's exact answer, plus additive keys."""
+    return web.json_response(
+        {"message": ACCEPTED_MESSAGE, "request_id": request_id, "status_url": f"/status/{request_id}", **extra}
+    )
+
+
 class UploadRefused(Exception):
     def __init__(self, response: web.Response) -> None:
         super().__init__(response.status)
@@ -163,9 +170,7 @@ class UploadHandler:
             RoutingKey.REQUEST_ACCEPTED, RequestAccepted(request_id=request_id), message_id=request_id
         )
         log.info("upload_accepted", rows=validation.rows, urls=validation.urls, bytes=size)
-        return web.json_response(
-            {"message": ACCEPTED_MESSAGE, "request_id": request_id, "status_url": f"/status/{request_id}"}
-        )
+        return accepted(request_id)
 
     async def _previous_use(self, key: str) -> dict[str, Any] | None:
         """The earlier upload under ``key``, if it got as far as its request record.
@@ -193,15 +198,7 @@ class UploadHandler:
                 "Idempotency-Key reused",
                 "this Idempotency-Key was already used with a different file",
             )
-        request_id = previous["request_id"]
-        return web.json_response(
-            {
-                "message": ACCEPTED_MESSAGE,
-                "request_id": request_id,
-                "status_url": f"/status/{request_id}",
-                "replayed": True,
-            }
-        )
+        return accepted(previous["request_id"], replayed=True)
 
     async def _receive(self, request: web.Request, path: str) -> tuple[str | None, str, int]:
         """Stream the multipart body; returns (webhook_url, sha256 of the file, file size)."""
