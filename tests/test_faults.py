@@ -193,3 +193,29 @@ async def test_poison_message_is_dead_lettered_and_the_queue_keeps_flowing(
     request_id = await small_request(http, image_host, webhook)
     assert (await wait_final(http, request_id))["status"] == "Completed"
     await webhook.wait(timeout=30)
+
+
+async def test_outbox_left_set_by_a_crash_is_republished_with_the_same_webhook_id(
+    stack_api: str, http: aiohttp.ClientSession, image_host: ImageHost, webhook: WebhookReceiver
+):
+    """A crash after the final status but before the event is confirmed leaves ``outbox_pending`` set: the
+    sweeper must publish the event again. Simulated by restoring that state on a finished request."""
+    from pymongo import AsyncMongoClient
+
+    request_id = await small_request(http, image_host, webhook)
+    await webhook.wait(timeout=60)
+    client: AsyncMongoClient = AsyncMongoClient("mongodb://127.0.0.1:27017/")
+    try:
+        db = client["pixpress"]
+        await db.webhooks.delete_one({"_id": request_id})  # as if the notifier never saw the first event
+        await db.requests.update_one({"_id": request_id}, {"$set": {"outbox_pending": True}})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while len(webhook.deliveries) < 2:
+            assert loop.time() < deadline, "the sweeper did not republish the outbox"
+            await asyncio.sleep(0.2)
+        assert (await db.requests.find_one({"_id": request_id}))["outbox_pending"] is False
+    finally:
+        await client.close()
+    assert {d.headers["webhook-id"] for d in webhook.deliveries} == {f"msg_{request_id}"}
+    assert all(d.json["status"] == "Completed" for d in webhook.deliveries)
