@@ -13,8 +13,9 @@ Topology (declared idempotently by every service at start, so start order does n
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import aio_pika
@@ -29,6 +30,7 @@ from aio_pika.abc import (
 from pydantic import BaseModel, ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from shared.bulk_publisher import BulkPublisher, BulkPublishError
 from shared.messages import QUEUE_BINDINGS, Message, Queue
 
 log = structlog.get_logger()
@@ -57,6 +59,13 @@ def delivery_count(message: AbstractIncomingMessage) -> int:
     return int((message.headers or {}).get("x-delivery-count", 0) or 0)
 
 
+def _batched(items: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
+    """``itertools.batched`` of Python 3.12, for 3.11."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
 def delay_queue_name(routing_key: str, delay_ms: int) -> str:
     return f"pixpress.delay.{routing_key}.{delay_ms}"
 
@@ -72,6 +81,8 @@ class Broker:
         self._exchange: AbstractExchange | None = None
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._delay_queues: set[str] = set()
+        self._bulk: BulkPublisher | None = None
+        self._bulk_lock = asyncio.Lock()
         self._idle = asyncio.Event()
         self._idle.set()
         self._active = 0
@@ -142,20 +153,31 @@ class Broker:
             self._amqp_message(payload, headers, message_id), routing_key=routing_key, mandatory=True
         )
 
-    async def publish_many(self, routing_key: str, payloads: Iterable[BaseModel], window: int = 500) -> int:
-        """Publish with confirms pipelined ``window`` at a time: one round trip per window, not per message."""
-        assert self._exchange is not None
-        pending: list[Awaitable[Any]] = []
+    async def publish_many(self, routing_key: str, payloads: Iterable[BaseModel], batch: int = 2000) -> int:
+        """Publish persistent messages through the bulk publisher, ``batch`` per socket write, all confirmed.
+
+        On :class:`BulkPublishError` the bulk connection is dropped (the next call opens a new one) and the
+        error propagates: the caller's own message is then retried, and republishing is safe because every
+        consumer tolerates duplicates.
+        """
         count = 0
-        for payload in payloads:
-            pending.append(self._exchange.publish(self._amqp_message(payload, None, None), routing_key=routing_key))
-            count += 1
-            if len(pending) >= window:
-                await asyncio.gather(*pending)
-                pending.clear()
-        if pending:
-            await asyncio.gather(*pending)
+        for chunk in _batched((payload.model_dump_json().encode() for payload in payloads), batch):
+            publisher = await self._bulk_publisher()
+            try:
+                count += await publisher.publish(self._exchange_name, routing_key, chunk)
+            except BulkPublishError:
+                self._bulk = None
+                await publisher.close()
+                raise
         return count
+
+    async def _bulk_publisher(self) -> BulkPublisher:
+        async with self._bulk_lock:
+            if self._bulk is None or not self._bulk.usable:
+                if self._bulk is not None:
+                    await self._bulk.close()
+                self._bulk = await BulkPublisher.connect(self._url, name="pixpress-bulk")
+            return self._bulk
 
     async def publish_delayed(self, routing_key: str, payload: BaseModel, delay_ms: int) -> None:
         """Park a message in a TTL queue that hands it back to the main exchange after ``delay_ms``."""
@@ -264,6 +286,9 @@ class Broker:
             log.warning("shutdown_grace_expired", in_flight=self._active)
 
     async def close(self) -> None:
+        if self._bulk is not None:
+            await self._bulk.close()
+            self._bulk = None
         if self._connection is not None:
             await self._connection.close()
             self._connection = None

@@ -207,9 +207,15 @@ async def test_outbox_left_set_by_a_crash_is_republished_with_the_same_webhook_i
     client: AsyncMongoClient = AsyncMongoClient("mongodb://127.0.0.1:27017/")
     try:
         db = client["pixpress"]
+        loop = asyncio.get_running_loop()
+        # the notifier records the attempt after the receiver answered: wait for that record, or deleting it
+        # below races the notifier's own write and the republished event is (rightly) deduplicated
+        deadline = loop.time() + 30
+        while (await db.webhooks.find_one({"_id": request_id}) or {}).get("state") != "delivered":
+            assert loop.time() < deadline, "the notifier never recorded the first delivery"
+            await asyncio.sleep(0.2)
         await db.webhooks.delete_one({"_id": request_id})  # as if the notifier never saw the first event
         await db.requests.update_one({"_id": request_id}, {"$set": {"outbox_pending": True}})
-        loop = asyncio.get_running_loop()
         deadline = loop.time() + 30
         while len(webhook.deliveries) < 2:
             assert loop.time() < deadline, "the sweeper did not republish the outbox"

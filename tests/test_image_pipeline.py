@@ -8,7 +8,6 @@ in the three places a client sees results: the products API, the output CSV and 
 from __future__ import annotations
 
 import asyncio
-import base64
 import csv
 import io
 import time
@@ -146,13 +145,12 @@ BADS = [
 
 
 JITTER = (1.0, 1.1, 1.2, 1.3)  # services.compressor.worker.retry_delay_ms
-GUEST = {"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()}
 
 
 async def delay_publishes() -> dict[str, int]:
     """Messages ever published to each image delay queue, from the RabbitMQ management API."""
     async with (
-        aiohttp.ClientSession(headers=GUEST) as session,
+        aiohttp.ClientSession(headers=stack.MANAGEMENT_HEADERS) as session,
         session.get("http://127.0.0.1:15672/api/queues", params={"columns": "name,message_stats"}) as answer,
     ):
         assert answer.status == 200, await answer.text()

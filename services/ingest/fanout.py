@@ -8,6 +8,7 @@ crash resumes where it stopped instead of starting over. ``fanout_complete`` and
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 from collections.abc import Iterator
@@ -83,18 +84,31 @@ class FanOut:
         with open(path, encoding="utf-8-sig", newline="") as stream:  # noqa: ASYNC230
             reader = CsvReader(stream, self.limits)
             pending: list[ProductRow] | None = None
-            for batch in _batches(reader, self.batch_size):
-                products += len(batch)
-                images += sum(len(row.urls) for row in batch)
-                if pending is not None:
-                    await self._store(request_id, pending, cursor)
-                    await self._publish(request_id, pending, cursor)
-                pending = batch
-            if pending is None:
-                raise CsvUnprocessable("no data rows")
-            # every product exists before the request says the fan-out is complete, and that is said before
-            # the last tasks go out: a completion check can never see a half-stored request as finished.
-            await self._store(request_id, pending, cursor)
+            # batch k's tasks are confirmed by RabbitMQ while batch k+1's products go into the database:
+            # the two servers work side by side instead of taking turns
+            publishing: asyncio.Task[None] | None = None
+            try:
+                for batch in _batches(reader, self.batch_size):
+                    products += len(batch)
+                    images += sum(len(row.urls) for row in batch)
+                    if pending is not None:
+                        await self._store(request_id, pending, cursor)
+                        if publishing is not None:
+                            await publishing
+                        publishing = asyncio.create_task(self._publish(request_id, pending, cursor))
+                    pending = batch
+                if pending is None:
+                    raise CsvUnprocessable("no data rows")
+                # every product exists before the request says the fan-out is complete, and that is said
+                # before the last tasks go out: a completion check never sees a half-stored request as finished.
+                await self._store(request_id, pending, cursor)
+                if publishing is not None:
+                    await publishing
+                    publishing = None
+            finally:
+                if publishing is not None and not publishing.done():
+                    publishing.cancel()
+                    await asyncio.gather(publishing, return_exceptions=True)
             await self.db.requests.update_one(
                 {"_id": request_id},
                 {

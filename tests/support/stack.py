@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import shlex
 import signal
@@ -13,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("PIXPRESS_STATE_DIR", REPO / ".run"))
 CONF = STATE / "supervisord.conf"
 MANAGEMENT = "http://127.0.0.1:15672/api"
-MANAGEMENT_AUTH = ("guest", "guest")
+MANAGEMENT_HEADERS = {"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()}
 
 
 def service_env() -> dict[str, str]:
