@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 
 import aiohttp
 from PIL import Image
@@ -101,9 +100,20 @@ async def test_status_goes_queued_processing_completed_and_products_are_listed(
         assert redirect.status == 302 and redirect.headers["Location"] == final["output_csv_url"]
 
 
-async def test_unknown_and_malformed_ids(stack: str, http: aiohttp.ClientSession):
-    async with http.get(f"{API}/status/00000000-0000-4000-8000-000000000000") as unknown:
-        assert unknown.status == 404
-        assert "not found" in json.dumps(await unknown.json())
-    async with http.get(f"{API}/status/not-a-uuid") as malformed:
-        assert malformed.status == 400
+async def test_unknown_and_malformed_ids_answer_problem_json_with_the_seed_error_member(
+    stack: str, http: aiohttp.ClientSession
+):
+    unknown_id = "00000000-0000-4000-8000-000000000000"
+    for path in (f"/status/{unknown_id}", f"/requests/{unknown_id}", f"/requests/{unknown_id}/products"):
+        async with http.get(f"{API}{path}") as unknown:
+            assert unknown.status == 404, path
+            assert unknown.content_type == "application/problem+json"
+            body = await unknown.json(content_type=None)
+            assert body["status"] == 404 and body["type"].endswith("/unknown-request")
+            assert body["error"] == body["detail"] == f"request {unknown_id} not found"
+    for path in ("/status/not-a-uuid", "/requests/12345/output.csv"):
+        async with http.get(f"{API}{path}") as malformed:
+            assert malformed.status == 400, path
+            assert malformed.content_type == "application/problem+json"
+            body = await malformed.json(content_type=None)
+            assert body["status"] == 400 and "expected a UUID" in body["error"]

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from services.ingest.docs_page import render_docs
 from services.ingest.openapi import DOCS_PATH, OPENAPI_PATH, build_openapi
-from services.ingest.problems import problem
+from services.ingest.problems import problem, problem_error
 from services.ingest.records import product_view, status_view, webhook_view
 from services.ingest.upload import UploadHandler
 from shared.database import Database
@@ -46,8 +46,10 @@ def _request_id(request: web.Request) -> str:
     try:
         return str(uuid.UUID(raw))  # not version=4: that would rewrite the version bits, not check them
     except ValueError:
-        raise web.HTTPBadRequest(
-            text='{"error": "malformed request id; expected a UUID"}', content_type="application/json"
+        # problem+json like every other refusal; `error` is the seed's member, kept for its clients
+        message = "malformed request id; expected a UUID"
+        raise problem_error(
+            web.HTTPBadRequest, "malformed-request-id", "Malformed request id", message, error=message
         ) from None
 
 
@@ -59,9 +61,8 @@ class ReadViews:
         request_id = _request_id(request)
         document = await self.db.requests.find_one({"_id": request_id})
         if document is None:
-            raise web.HTTPNotFound(
-                text=f'{{"error": "request {request_id} not found"}}', content_type="application/json"
-            )
+            message = f"request {request_id} not found"
+            raise problem_error(web.HTTPNotFound, "unknown-request", "Unknown request id", message, error=message)
         return document
 
     async def _status(self, document: dict) -> dict:

@@ -81,9 +81,16 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
         },
         "IdError": {
             "type": "object",
-            "description": "Answer for a malformed or unknown request id.",
-            "required": ["error"],
-            "properties": {"error": {"type": "string"}},
+            "description": "Problem details for a malformed (400) or unknown (404) request id; `error` repeats "
+            '`detail` for clients of the seed API, which answered `{"error": ...}`.',
+            "required": ["type", "title", "status", "detail", "error"],
+            "properties": {
+                "type": {"type": "string", "format": "uri"},
+                "title": {"type": "string"},
+                "status": {"type": "integer", "enum": [400, 404]},
+                "detail": {"type": "string"},
+                "error": {"type": "string"},
+            },
             "additionalProperties": False,
         },
         "UploadAccepted": {
@@ -275,8 +282,8 @@ def _request_id_parameter() -> Schema:
 
 def _id_responses() -> dict[str, Schema]:
     return {
-        "400": _json_response("The request id is not a UUID.", _ref("IdError")),
-        "404": _json_response("No request has this id.", _ref("IdError")),
+        "400": {"description": "The request id is not a UUID.", "content": {PROBLEM_JSON: {"schema": _ref("IdError")}}},
+        "404": {"description": "No request has this id.", "content": {PROBLEM_JSON: {"schema": _ref("IdError")}}},
     }
 
 
@@ -440,11 +447,8 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                         "200": _json_response("One page of products.", _ref("ProductsPage")),
                         "400": {
                             "description": "The request id is not a UUID (`IdError`), or `offset`/`limit` are out "
-                            "of range (problem+json).",
-                            "content": {
-                                JSON: {"schema": _ref("IdError")},
-                                PROBLEM_JSON: {"schema": _ref("Problem")},
-                            },
+                            "of range.",
+                            "content": {PROBLEM_JSON: {"schema": {"anyOf": [_ref("IdError"), _ref("Problem")]}}},
                         },
                         "404": _id_responses()["404"],
                     },
@@ -554,8 +558,8 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
             "description": (
                 "Upload a CSV with `POST /upload` and keep the `request_id`. Poll `GET /status/{request_id}` "
                 "(or pass `webhook_url` and wait for the POST), then download the output CSV from "
-                "`output_csv_url`. Errors are RFC 9457 `application/problem+json`, except the "
-                '`{"error": ...}` JSON body of a malformed (400) or unknown (404) request id.\n\n'
+                "`output_csv_url`. Errors are RFC 9457 `application/problem+json`; those about a request id "
+                "also carry the seed API's `error` member.\n\n"
                 + (
                     "This server requires an `X-API-Key` header on every route except `/healthz`, "
                     "`/openapi.json` and `/docs`."
