@@ -17,8 +17,9 @@
 
 Isolation: the script starts its own ingest, aggregator and compressors (the programs of this checkout) on the
 stack's RabbitMQ, FerretDB and MinIO servers, but on names nobody else uses: RabbitMQ virtual host
-``pixpress-throughput``, database ``pixpress_throughput``, bucket ``pixpress-throughput``, all recreated empty for
-every configuration and removed at the end. So the stack's own services, queues and data are never touched,
+``pixpress-throughput-<random>`` (a new one per configuration), database ``pixpress_throughput``, bucket
+``pixpress-throughput``, all emptied for every configuration and removed at the end. So the stack's own services,
+queues and data are never touched,
 other people's tests do not land in the measurement, and FerretDB starts from an empty database (on FerretDB
 1.x every query scans its collection, so a database full of old requests is slower: see the README). The
 servers and the two cores are still shared: the load average is printed with every run.
@@ -42,6 +43,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -216,6 +218,9 @@ class Pipeline:
         self.api = f"http://127.0.0.1:{self.port}"
         self.processes: dict[str, subprocess.Popen] = {}
         self.health: dict[str, str] = {}
+        # a fresh name per run: a quorum queue re-declared in a vhost of the same name that was deleted a moment
+        # ago can wait on the old queue's Raft cluster still shutting down (a run once hung for 13 min so)
+        self.vhost = f"{VHOST}-{uuid.uuid4().hex[:8]}"
 
     def env(self, **extra: str) -> dict[str, str]:
         amqp = self.connection.get("PIXPRESS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -223,7 +228,7 @@ class Pipeline:
         return {
             **base,
             **self.connection,
-            "PIXPRESS_AMQP_URL": amqp.rstrip("/") + "/" + VHOST,
+            "PIXPRESS_AMQP_URL": amqp.rstrip("/") + "/" + self.vhost,
             "PIXPRESS_MONGO_DB": DATABASE,
             "PIXPRESS_S3_BUCKET": BUCKET,
             "PIXPRESS_API_HOST": "127.0.0.1",
@@ -239,16 +244,21 @@ class Pipeline:
     async def reset(self, http: aiohttp.ClientSession) -> None:
         """Empty vhost, database and bucket (leftovers of an interrupted run included)."""
         await self.remove(http)
-        async with http.put(f"{MANAGEMENT}/vhosts/{VHOST}", headers=GUEST) as answer:
+        async with http.put(f"{MANAGEMENT}/vhosts/{self.vhost}", headers=GUEST) as answer:
             answer.raise_for_status()
         permissions = {"configure": ".*", "write": ".*", "read": ".*"}
-        async with http.put(f"{MANAGEMENT}/permissions/{VHOST}/guest", json=permissions, headers=GUEST) as answer:
+        async with http.put(f"{MANAGEMENT}/permissions/{self.vhost}/guest", json=permissions, headers=GUEST) as answer:
             answer.raise_for_status()
 
     async def remove(self, http: aiohttp.ClientSession) -> None:
-        async with http.delete(f"{MANAGEMENT}/vhosts/{VHOST}", headers=GUEST) as answer:
-            if answer.status not in (204, 404):
-                answer.raise_for_status()
+        """Delete this run's vhost and any left by an interrupted run, then the database and bucket."""
+        async with http.get(f"{MANAGEMENT}/vhosts", headers=GUEST) as answer:
+            answer.raise_for_status()
+            names = [v["name"] for v in await answer.json() if v["name"].startswith(VHOST)]
+        for name in names:
+            async with http.delete(f"{MANAGEMENT}/vhosts/{name}", headers=GUEST) as answer:
+                if answer.status not in (204, 404):
+                    answer.raise_for_status()
         await asyncio.to_thread(self._drop_database_and_bucket)
 
     def _drop_database_and_bucket(self) -> None:

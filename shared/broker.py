@@ -45,6 +45,11 @@ class PoisonMessage(Exception):
     """Raised by a handler for a message that can never succeed; it goes to the dead-letter queue at once."""
 
 
+# a declaration RabbitMQ cannot answer (a quorum queue whose Raft cluster is stuck) fails the service's start
+# loudly after this long, and supervision restarts it, instead of leaving it healthy-looking but idle
+DECLARE_TIMEOUT = 60.0
+
+
 def _queue_arguments(queue: str) -> dict[str, Any]:
     return {
         "x-queue-type": "quorum",
@@ -108,17 +113,19 @@ class Broker:
 
     async def declare_topology(self) -> None:
         channel = self._channel()
-        self._exchange = await channel.declare_exchange(self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)
-        dlx = await channel.declare_exchange(DLX, aio_pika.ExchangeType.DIRECT, durable=True)
+        self._exchange = await channel.declare_exchange(
+            self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True, timeout=DECLARE_TIMEOUT
+        )
+        dlx = await channel.declare_exchange(DLX, aio_pika.ExchangeType.DIRECT, durable=True, timeout=DECLARE_TIMEOUT)
         for queue_name, routing_key in QUEUE_BINDINGS.items():
             queue = await channel.declare_queue(
-                queue_name.value, durable=True, arguments=_queue_arguments(queue_name.value)
+                queue_name.value, durable=True, arguments=_queue_arguments(queue_name.value), timeout=DECLARE_TIMEOUT
             )
-            await queue.bind(self._exchange, routing_key.value)
+            await queue.bind(self._exchange, routing_key.value, timeout=DECLARE_TIMEOUT)
             dead = await channel.declare_queue(
-                f"{queue_name.value}.dlq", durable=True, arguments={"x-queue-type": "quorum"}
+                f"{queue_name.value}.dlq", durable=True, arguments={"x-queue-type": "quorum"}, timeout=DECLARE_TIMEOUT
             )
-            await dead.bind(dlx, queue_name.value)
+            await dead.bind(dlx, queue_name.value, timeout=DECLARE_TIMEOUT)
 
     def _channel(self) -> AbstractChannel:
         if self._publish_channel is None:
@@ -213,8 +220,10 @@ class Broker:
         """
         assert self._connection is not None
         channel = await self._connection.channel()
-        await channel.set_qos(prefetch_count=prefetch)
-        amqp_queue = await channel.declare_queue(queue.value, durable=True, arguments=_queue_arguments(queue.value))
+        await channel.set_qos(prefetch_count=prefetch, timeout=DECLARE_TIMEOUT)
+        amqp_queue = await channel.declare_queue(
+            queue.value, durable=True, arguments=_queue_arguments(queue.value), timeout=DECLARE_TIMEOUT
+        )
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             self._begin()
@@ -223,7 +232,7 @@ class Broker:
             finally:
                 self._end()
 
-        tag = await amqp_queue.consume(on_message, no_ack=False)
+        tag = await amqp_queue.consume(on_message, no_ack=False, timeout=DECLARE_TIMEOUT)
         self._consumers.append((amqp_queue, tag))
 
     async def _dispatch(

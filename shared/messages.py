@@ -16,6 +16,7 @@ class RoutingKey(StrEnum):
 
     REQUEST_ACCEPTED = "request.accepted"
     IMAGE_TODO = "image.todo"
+    IMAGE_SUSPECT = "image.suspect"
     IMAGE_DONE = "image.done"
     REQUEST_FINISHED = "request.finished"
 
@@ -25,6 +26,8 @@ class Queue(StrEnum):
 
     FANOUT = "ingest.fanout"
     IMAGES = "compressor.images"
+    # redelivered image tasks, processed one at a time per compressor (see services/compressor/worker.py)
+    IMAGES_SUSPECT = "compressor.images.suspect"
     RESULTS = "aggregator.results"
     WEBHOOKS = "notifier.webhooks"
 
@@ -32,6 +35,7 @@ class Queue(StrEnum):
 QUEUE_BINDINGS: dict[Queue, RoutingKey] = {
     Queue.FANOUT: RoutingKey.REQUEST_ACCEPTED,
     Queue.IMAGES: RoutingKey.IMAGE_TODO,
+    Queue.IMAGES_SUSPECT: RoutingKey.IMAGE_SUSPECT,
     Queue.RESULTS: RoutingKey.IMAGE_DONE,
     Queue.WEBHOOKS: RoutingKey.REQUEST_FINISHED,
 }

@@ -241,11 +241,14 @@ def test_k8s_compressor_is_autoscaled_on_its_queue(k8s_docs):
     assert target["name"] == "compressor"
     assert "replicas" not in _of_kind(k8s_docs, "Deployment")["compressor"]["spec"], "KEDA owns the replica count"
     assert 1 <= scaled["spec"].get("minReplicaCount", 0) < scaled["spec"]["maxReplicaCount"]
-    (trigger,) = scaled["spec"]["triggers"]
-    assert trigger["type"] == "rabbitmq"
-    assert trigger["metadata"]["queueName"] == Queue.IMAGES.value == "compressor.images"
-    assert trigger["metadata"]["mode"] == "QueueLength"
-    assert int(trigger["metadata"]["value"]) > 0
+    triggers = scaled["spec"]["triggers"]
+    assert [t["metadata"]["queueName"] for t in triggers] == [Queue.IMAGES.value, Queue.IMAGES_SUSPECT.value]
+    for trigger in triggers:
+        assert trigger["type"] == "rabbitmq"
+        assert trigger["metadata"]["mode"] == "QueueLength"
+        assert int(trigger["metadata"]["value"]) > 0
+        assert trigger["authenticationRef"] == triggers[0]["authenticationRef"]
+    trigger = triggers[0]
     auth = _of_kind(k8s_docs, "TriggerAuthentication")[trigger["authenticationRef"]["name"]]
     secrets = _of_kind(k8s_docs, "Secret")
     (ref,) = auth["spec"]["secretTargetRef"]

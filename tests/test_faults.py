@@ -11,13 +11,18 @@ import asyncio
 import csv
 import io
 import json
+import os
+import signal
 import uuid
 from collections.abc import Callable
 
 import aio_pika
 import aiohttp
 import pytest
+from aiohttp import web
 
+from shared.broker import DELIVERY_LIMIT
+from shared.messages import Queue
 from tests.support import stack
 from tests.support.client import API, csv_text, upload, wait_final
 from tests.support.photos import encode, photo
@@ -177,7 +182,7 @@ async def test_webhook_that_never_succeeds_is_dead_lettered_and_the_request_stay
     assert json.loads(dead)["attempt"] == len(attempts)
 
 
-@pytest.mark.parametrize("queue", ["ingest.fanout", "compressor.images", "aggregator.results", "notifier.webhooks"])
+@pytest.mark.parametrize("queue", [queue.value for queue in Queue])
 async def test_poison_message_is_dead_lettered_and_the_queue_keeps_flowing(
     stack_api: str, http: aiohttp.ClientSession, image_host: ImageHost, webhook: WebhookReceiver, queue: str
 ):
@@ -225,3 +230,89 @@ async def test_outbox_left_set_by_a_crash_is_republished_with_the_same_webhook_i
         await client.close()
     assert {d.headers["webhook-id"] for d in webhook.deliveries} == {f"msg_{request_id}"}
     assert all(d.json["status"] == "Completed" for d in webhook.deliveries)
+
+
+async def test_an_image_that_kills_its_compressor_fails_alone_at_the_delivery_limit(
+    stack_api: str, http: aiohttp.ClientSession, image_host: ImageHost, webhook: WebhookReceiver
+):
+    """A source that crashes whichever compressor takes it (an OOM, a codec segfault) must neither loop forever,
+    nor vanish into the dead-letter queue leaving its request Processing, nor take the images prefetched with
+    it down too. Simulated with kill -9 of the compressor that requests the deadly URL, every time. Expected:
+    its first crash sends it (and whatever that compressor held) to the suspect queue, where compressors take
+    one task at a time; four more crashes there and it is settled as failed without being fetched again. Every
+    other image of the request succeeds."""
+    body = encode(photo("chelsea.png"), "JPEG", quality=90)
+    deadly = f"deadly-{uuid.uuid4().hex}.jpg"
+    killed: list[int] = []
+
+    def kill_the_requester(name: str, request: web.Request) -> None:
+        if name == deadly:  # before a byte is answered: the compressor dies with the task unacked
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            pid = stack.pid_of_client(peer[1]) if peer else None
+            assert pid is not None, f"no process owns the connection from {peer}"
+            killed.append(pid)
+            os.kill(pid, signal.SIGKILL)
+
+    image_host.on_hit = kill_the_requester
+    image_host.delay = 0.2  # the innocent images are still in flight, prefetched, when a crash happens
+    rows = [("D1", "Deadly", [image_host.add(deadly, body)])]
+    rows += [(f"H{i}", f"Healthy {i}", [image_host.add(f"ok-{uuid.uuid4().hex}.jpg", body)]) for i in range(1, 13)]
+    response = await upload(http, csv_text(rows), webhook_url=webhook.url("/hook"))
+    request_id = (await response.json())["request_id"]
+    try:
+        final = await wait_final(http, request_id, timeout=180)
+    finally:
+        image_host.on_hit = None
+        for name in [name for name in stack.processes() if name.startswith("compressor-")]:
+            await stack.wait_running(name)
+    assert final["status"] == "Completed", final
+    assert (final["progress"]["images_done"], final["progress"]["images_failed"]) == (12, 1), final
+    # one crash on compressor.images, four on the suspect queue; the fifth suspect delivery is settled unfetched
+    assert image_host.hits[deadly] == DELIVERY_LIMIT == len(killed)
+    async with http.get(f"{API}/requests/{request_id}/products") as answer:
+        products = {item["serial_number"]: item for item in (await answer.json())["items"]}
+    reason = f"processing was interrupted {DELIVERY_LIMIT} times; giving up on this image"
+    assert products["D1"]["image_errors"] == [reason]
+    assert all(products[f"H{i}"]["image_errors"] == [None] for i in range(1, 13)), products
+    await webhook.wait(timeout=60)
+
+
+async def test_image_tasks_lost_from_the_queue_are_reissued_by_the_sweeper(
+    stack_api: str, http: aiohttp.ClientSession, image_host: ImageHost, webhook: WebhookReceiver
+):
+    """Tasks can be lost outside our control (an operator purges a queue, a DLQ swallows them after an outage
+    longer than the delivery limit spans). The sweeper must notice the request is quiet for
+    PIXPRESS_STUCK_AFTER and publish the unsettled images again. Simulated by purging the image queue while no
+    compressor runs."""
+    from pymongo import AsyncMongoClient
+
+    body = encode(photo("coffee.png"), "JPEG", quality=90)
+    urls = [image_host.add(f"lost-{uuid.uuid4().hex}.jpg", body) for _ in range(3)]
+    compressors = [name for name in stack.processes() if name.startswith("compressor-")]
+    for name in compressors:
+        assert "stopped" in stack.supervisorctl("stop", stack.supervisor_name(name))
+    client: AsyncMongoClient = AsyncMongoClient("mongodb://127.0.0.1:27017/")
+    try:
+        response = await upload(http, csv_text([("L1", "Lost tasks", urls)]), webhook_url=webhook.url("/hook"))
+        request_id = (await response.json())["request_id"]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        # the fan-out moves its cursor only after RabbitMQ confirmed the batch: then the 3 tasks are queued
+        while (await client["pixpress"].requests.find_one({"_id": request_id}) or {}).get("fanout_cursor") != 1:
+            assert loop.time() < deadline, "the fan-out never finished"
+            await asyncio.sleep(0.2)
+        async with (
+            aiohttp.ClientSession(headers=stack.MANAGEMENT_HEADERS) as management,
+            management.delete(f"{stack.MANAGEMENT}/queues/%2F/compressor.images/contents") as purge,
+        ):
+            assert purge.status == 204, await purge.text()
+    finally:
+        await client.close()
+        for name in compressors:
+            assert "started" in stack.supervisorctl("start", stack.supervisor_name(name))
+    assert not any(image_host.hits[url.rsplit("/", 1)[1]] for url in urls), "a task escaped the purge"
+    final = await wait_final(http, request_id, timeout=150)  # STUCK_AFTER is 30 s under `make test`
+    assert final["status"] == "Completed", final
+    assert final["progress"]["images_done"] == 3, final
+    assert all(image_host.hits[url.rsplit("/", 1)[1]] >= 1 for url in urls)
+    await webhook.wait(timeout=60)

@@ -54,6 +54,7 @@ async def run() -> None:
 
         health = await start_health_server(check, settings.health_host, settings.health_port)
         await broker.consume(Queue.IMAGES, ImageTask, worker.handle, settings.compressor_prefetch)
+        await broker.consume(Queue.IMAGES_SUSPECT, ImageTask, worker.handle_suspect, prefetch=1)
         log.info("compressor_started", prefetch=settings.compressor_prefetch, codec_threads=settings.compressor_workers)
         await stop.wait()
         log.info("compressor_stopping")

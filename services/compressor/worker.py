@@ -44,14 +44,35 @@ class CompressorWorker:
     retry_base_ms: int
 
     async def handle(self, task: ImageTask, message: AbstractIncomingMessage) -> None:
+        """Tasks from ``compressor.images``, taken ``prefetch`` at a time.
+
+        A redelivery means the compressor that held this task died or failed with it. If the task itself is
+        what kills compressors, processing it here again would kill the innocent tasks prefetched alongside it
+        as well (each crash counts against their delivery limit too). So a redelivered task is moved to the
+        suspect queue, where every compressor takes one task at a time: there a crash hurts only its culprit.
+        """
         structlog.contextvars.bind_contextvars(row=task.row, index=task.index, attempt=task.attempt)
         deliveries = delivery_count(message)
-        if deliveries >= DELIVERY_LIMIT - 1:
-            # this task was taken by compressors that died (or were killed) before acking it, again and
-            # again: the image itself is the likely cause. Settle it as failed rather than let the broker
-            # dead-letter it silently and leave its request Processing forever.
-            await self._fail(task, f"processing was interrupted {deliveries} times; giving up on this image", 0)
+        if deliveries >= 1:
+            log.warning("image_quarantined", deliveries=deliveries)
+            await self.broker.publish(RoutingKey.IMAGE_SUSPECT, task)
             return
+        await self._process(task)
+
+    async def handle_suspect(self, task: ImageTask, message: AbstractIncomingMessage) -> None:
+        """Tasks from ``compressor.images.suspect``, one at a time (prefetch 1)."""
+        structlog.contextvars.bind_contextvars(row=task.row, index=task.index, attempt=task.attempt, suspect=True)
+        deliveries = delivery_count(message)
+        if deliveries >= DELIVERY_LIMIT - 1:
+            # it was taken, alone, by compressors that died before acking it, again and again: the image is
+            # the cause. Settle it as failed rather than let the broker dead-letter it silently and leave its
+            # request Processing until the sweeper re-issues it into the same fate.
+            interrupted = deliveries + 1  # its deliveries here, plus the one that sent it here
+            await self._fail(task, f"processing was interrupted {interrupted} times; giving up on this image", 0)
+            return
+        await self._process(task)
+
+    async def _process(self, task: ImageTask) -> None:
         try:
             data = await download(self.session, task.url, self.limits)
         except DownloadError as exc:

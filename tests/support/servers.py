@@ -45,6 +45,8 @@ class ImageHost(LocalServer):
         self.hits: defaultdict[str, int] = defaultdict(int)
         self.flaky: dict[str, int] = {}  # name -> number of 503s before success
         self.delay = 0.0  # seconds every /img/ answer waits, to stretch a request over time
+        # called with the name and the request before an /img/ answer
+        self.on_hit: Callable[[str, web.Request], None] | None = None
         self.app.add_routes(
             [
                 web.get("/img/{name}", self._image),
@@ -62,6 +64,8 @@ class ImageHost(LocalServer):
     async def _image(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         self.hits[name] += 1
+        if self.on_hit is not None:
+            self.on_hit(name, request)
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.flaky.get(name, 0) > 0:

@@ -10,6 +10,8 @@ import signal
 import subprocess
 from pathlib import Path
 
+import psutil
+
 REPO = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("PIXPRESS_STATE_DIR", REPO / ".run"))
 CONF = STATE / "supervisord.conf"
@@ -35,6 +37,14 @@ def processes() -> dict[str, int]:
     """``scripts/stack.sh ps``: ``<name> <pid>`` of every running program."""
     out = subprocess.run([str(REPO / "scripts" / "stack.sh"), "ps"], check=True, capture_output=True, text=True)
     return {name: int(pid) for name, pid in (line.split() for line in out.stdout.splitlines() if line.strip())}
+
+
+def pid_of_client(port: int) -> int | None:
+    """The local process whose TCP connection to us comes from ``port`` (a client of a test server)."""
+    for connection in psutil.net_connections(kind="tcp"):
+        if connection.laddr and connection.laddr.port == port and connection.pid and connection.pid != os.getpid():
+            return connection.pid
+    return None
 
 
 def supervisor_name(name: str) -> str:
