@@ -263,8 +263,7 @@ async def test_an_image_that_kills_its_compressor_fails_alone_at_the_delivery_li
         final = await wait_final(http, request_id, timeout=180)
     finally:
         image_host.on_hit = None
-        for name in [name for name in stack.processes() if name.startswith("compressor-")]:
-            await stack.wait_running(name)
+        await stack.wait_compressors_running()
     assert final["status"] == "Completed", final
     assert (final["progress"]["images_done"], final["progress"]["images_failed"]) == (12, 1), final
     # one crash on compressor.images, four on the suspect queue; the fifth suspect delivery is settled unfetched
@@ -288,9 +287,8 @@ async def test_image_tasks_lost_from_the_queue_are_reissued_by_the_sweeper(
 
     body = encode(photo("coffee.png"), "JPEG", quality=90)
     urls = [image_host.add(f"lost-{uuid.uuid4().hex}.jpg", body) for _ in range(3)]
-    compressors = [name for name in stack.processes() if name.startswith("compressor-")]
-    for name in compressors:
-        assert "stopped" in stack.supervisorctl("stop", stack.supervisor_name(name))
+    await stack.wait_compressors_running()  # none still starting (a previous test may have killed them)
+    assert "stopped" in stack.supervisorctl("stop", "compressor:*")
     client: AsyncMongoClient = AsyncMongoClient("mongodb://127.0.0.1:27017/")
     try:
         response = await upload(http, csv_text([("L1", "Lost tasks", urls)]), webhook_url=webhook.url("/hook"))
@@ -308,8 +306,7 @@ async def test_image_tasks_lost_from_the_queue_are_reissued_by_the_sweeper(
             assert purge.status == 204, await purge.text()
     finally:
         await client.close()
-        for name in compressors:
-            assert "started" in stack.supervisorctl("start", stack.supervisor_name(name))
+        assert "started" in stack.supervisorctl("start", "compressor:*")
     assert not any(image_host.hits[url.rsplit("/", 1)[1]] for url in urls), "a task escaped the purge"
     final = await wait_final(http, request_id, timeout=150)  # STUCK_AFTER is 30 s under `make test`
     assert final["status"] == "Completed", final

@@ -47,6 +47,23 @@ def pid_of_client(port: int) -> int | None:
     return None
 
 
+def compressor_names() -> list[str]:
+    """Every configured compressor program, whatever its state (``processes()`` lists RUNNING ones only)."""
+    names = []
+    for line in supervisorctl("status").splitlines():
+        program = line.split()[0] if line.strip() else ""
+        if program.startswith("compressor:"):
+            names.append(program.split(":", 1)[1])
+    return names
+
+
+async def wait_compressors_running(timeout: float = 60.0) -> None:
+    """Until every configured compressor is RUNNING (after kills, or a stop and start)."""
+    names = compressor_names()
+    for name in names:
+        await wait_running(name, timeout=timeout)
+
+
 def supervisor_name(name: str) -> str:
     return f"compressor:{name}" if name.startswith("compressor-") else name
 
