@@ -270,7 +270,7 @@ async def test_an_image_that_kills_its_compressor_fails_alone_at_the_delivery_li
     assert image_host.hits[deadly] == DELIVERY_LIMIT == len(killed)
     async with http.get(f"{API}/requests/{request_id}/products") as answer:
         products = {item["serial_number"]: item for item in (await answer.json())["items"]}
-    reason = f"processing was interrupted {DELIVERY_LIMIT} times; giving up on this image"
+    reason = f"processing failed or was interrupted {DELIVERY_LIMIT} times; giving up on this image"
     assert products["D1"]["image_errors"] == [reason]
     assert all(products[f"H{i}"]["image_errors"] == [None] for i in range(1, 13)), products
     await webhook.wait(timeout=60)

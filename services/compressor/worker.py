@@ -64,11 +64,13 @@ class CompressorWorker:
         structlog.contextvars.bind_contextvars(row=task.row, index=task.index, attempt=task.attempt, suspect=True)
         deliveries = delivery_count(message)
         if deliveries >= DELIVERY_LIMIT - 1:
-            # it was taken, alone, by compressors that died before acking it, again and again: the image is
-            # the cause. Settle it as failed rather than let the broker dead-letter it silently and leave its
-            # request Processing until the sweeper re-issues it into the same fate.
-            interrupted = deliveries + 1  # its deliveries here, plus the one that sent it here
-            await self._fail(task, f"processing was interrupted {interrupted} times; giving up on this image", 0)
+            # it was taken, alone, by compressors that died before acking it (or failed with it, e.g. storage
+            # down longer than the backoff spans), again and again. Settle it as failed rather than let the
+            # broker dead-letter it silently and leave its request Processing until the sweeper re-issues it
+            # into the same fate.
+            attempts = deliveries + 1  # its deliveries here, plus the one that sent it here
+            reason = f"processing failed or was interrupted {attempts} times; giving up on this image"
+            await self._fail(task, reason, 0)
             return
         await self._process(task)
 
