@@ -261,8 +261,8 @@ class Broker:
             raise
         except Exception:
             # most failures here are a dependency that is briefly away (database, storage, broker): wait before
-            # handing the message back, longer each delivery, so the delivery limit spans ~30 s of outage
-            # instead of being burnt in a few milliseconds.
+            # handing the message back, longer each delivery, so the delivery limit spans ~47 s of outage
+            # (6 deliveries: RabbitMQ 3.10 dead-letters past the limit) instead of a few milliseconds.
             deliveries = delivery_count(message)
             log.exception("handler_failed", deliveries=deliveries)
             await asyncio.sleep(min(2.0**deliveries, 16.0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -10,6 +11,7 @@ import pytest
 
 from tests.support.client import API
 from tests.support.servers import ImageHost, WebhookReceiver
+from tests.support.stack import MANAGEMENT, MANAGEMENT_HEADERS
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +63,21 @@ async def stack_api(stack: str) -> AsyncIterator[str]:
         if expected <= set(control.processes()):
             break
         await asyncio.sleep(0.5)
+
+
+@pytest.fixture
+async def vhost() -> AsyncIterator[str]:
+    """A RabbitMQ virtual host of its own (created and deleted through the management API), for tests that
+    exercise the broker code without touching the pipeline's queues."""
+    name = f"pixpress-test-{uuid.uuid4().hex[:8]}"
+    async with aiohttp.ClientSession(headers=MANAGEMENT_HEADERS) as http:
+        async with http.put(f"{MANAGEMENT}/vhosts/{name}") as response:
+            assert response.status in (201, 204), await response.text()
+        permissions = {"configure": ".*", "write": ".*", "read": ".*"}
+        async with http.put(f"{MANAGEMENT}/permissions/{name}/guest", json=permissions) as response:
+            assert response.status in (201, 204), await response.text()
+        try:
+            yield name
+        finally:
+            async with http.delete(f"{MANAGEMENT}/vhosts/{name}") as response:
+                assert response.status == 204, await response.text()

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
-from collections.abc import AsyncIterator
 
 import aio_pika
 import aiohttp
@@ -20,29 +18,9 @@ import pytest
 from shared.broker import Broker
 from shared.bulk_publisher import BulkPublisher, BulkPublishError
 from shared.messages import ImageTask, Queue, RoutingKey
-from tests.support.stack import MANAGEMENT, MANAGEMENT_HEADERS
+from tests.support.stack import MANAGEMENT, MANAGEMENT_HEADERS, amqp_url
 
 EXCHANGE = "bulk-test"
-
-
-@pytest.fixture
-async def vhost() -> AsyncIterator[str]:
-    name = f"pixpress-test-bulk-{uuid.uuid4().hex[:8]}"
-    async with aiohttp.ClientSession(headers=MANAGEMENT_HEADERS) as http:
-        async with http.put(f"{MANAGEMENT}/vhosts/{name}") as response:
-            assert response.status in (201, 204), await response.text()
-        permissions = {"configure": ".*", "write": ".*", "read": ".*"}
-        async with http.put(f"{MANAGEMENT}/permissions/{name}/guest", json=permissions) as response:
-            assert response.status in (201, 204), await response.text()
-        try:
-            yield name
-        finally:
-            async with http.delete(f"{MANAGEMENT}/vhosts/{name}") as response:
-                assert response.status == 204, await response.text()
-
-
-def amqp_url(vhost: str, user: str = "guest", password: str = "guest") -> str:
-    return f"amqp://{user}:{password}@127.0.0.1:5672/{vhost}"
 
 
 async def declare(vhost: str, queue: str, routing_key: str, queue_type: str = "quorum", **arguments: object) -> None:

@@ -19,6 +19,10 @@ MANAGEMENT = "http://127.0.0.1:15672/api"
 MANAGEMENT_HEADERS = {"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()}
 
 
+def amqp_url(vhost: str, user: str = "guest", password: str = "guest") -> str:
+    return f"amqp://{user}:{password}@127.0.0.1:5672/{vhost}"
+
+
 def service_env() -> dict[str, str]:
     """The PIXPRESS_* environment the running services got (``scripts/stack.sh up`` writes it to
     ``<state>/service.env``), overlaid with this process's own PIXPRESS_* where the file has none."""
