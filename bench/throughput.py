@@ -18,11 +18,11 @@
 Isolation: the script starts its own ingest, aggregator and compressors (the programs of this checkout) on the
 stack's RabbitMQ, FerretDB and MinIO servers, but on names nobody else uses: RabbitMQ virtual host
 ``pixpress-throughput-<random>`` (a new one per configuration), database ``pixpress_throughput``, bucket
-``pixpress-throughput``, all emptied for every configuration and removed at the end. So the stack's own services,
-queues and data are never touched,
-other people's tests do not land in the measurement, and FerretDB starts from an empty database (on FerretDB
-1.x every query scans its collection, so a database full of old requests is slower: see the README). The
-servers and the two cores are still shared: the load average is printed with every run.
+``pixpress-throughput``, all emptied for every configuration and removed at the end. So the stack's own
+services, queues and data are never touched, other people's tests do not land in the measurement, and FerretDB
+starts from an empty database (on FerretDB 1.x every query scans its collection, so a database full of old
+requests is slower: see the README). The servers and the two cores are still shared: the load average is
+printed with every run.
 
 Needs ``make up`` (the servers) and the RabbitMQ management API on 127.0.0.1:15672 (guest/guest).
 """
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import io
 import json
@@ -59,13 +58,11 @@ sys.path.insert(0, str(REPO))
 
 from services.compressor.compress import compress  # noqa: E402
 from tests.support.photos import DATA_DIR, PHOTOS  # noqa: E402
-from tests.support.stack import service_env  # noqa: E402
+from tests.support.stack import MANAGEMENT, MANAGEMENT_HEADERS, create_vhost, delete_vhost, service_env  # noqa: E402
 
 OUT = REPO / "bench" / "out"
 STATE = Path(os.environ.get("PIXPRESS_STATE_DIR", REPO / ".run"))
 VENV = REPO / ".venv"
-MANAGEMENT = "http://127.0.0.1:15672/api"
-GUEST = {"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()}
 VHOST = "pixpress-throughput"
 DATABASE = "pixpress_throughput"
 BUCKET = "pixpress-throughput"
@@ -244,21 +241,15 @@ class Pipeline:
     async def reset(self, http: aiohttp.ClientSession) -> None:
         """Empty vhost, database and bucket (leftovers of an interrupted run included)."""
         await self.remove(http)
-        async with http.put(f"{MANAGEMENT}/vhosts/{self.vhost}", headers=GUEST) as answer:
-            answer.raise_for_status()
-        permissions = {"configure": ".*", "write": ".*", "read": ".*"}
-        async with http.put(f"{MANAGEMENT}/permissions/{self.vhost}/guest", json=permissions, headers=GUEST) as answer:
-            answer.raise_for_status()
+        await create_vhost(http, self.vhost)
 
     async def remove(self, http: aiohttp.ClientSession) -> None:
         """Delete this run's vhost and any left by an interrupted run, then the database and bucket."""
-        async with http.get(f"{MANAGEMENT}/vhosts", headers=GUEST) as answer:
+        async with http.get(f"{MANAGEMENT}/vhosts", headers=MANAGEMENT_HEADERS) as answer:
             answer.raise_for_status()
             names = [v["name"] for v in await answer.json() if v["name"].startswith(VHOST)]
         for name in names:
-            async with http.delete(f"{MANAGEMENT}/vhosts/{name}", headers=GUEST) as answer:
-                if answer.status not in (204, 404):
-                    answer.raise_for_status()
+            await delete_vhost(http, name)
         await asyncio.to_thread(self._drop_database_and_bucket)
 
     def _drop_database_and_bucket(self) -> None:

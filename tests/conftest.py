@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.client import API
 from tests.support.servers import ImageHost, WebhookReceiver
-from tests.support.stack import MANAGEMENT, MANAGEMENT_HEADERS
+from tests.support.stack import create_vhost, delete_vhost
 
 
 @pytest.fixture(scope="session")
@@ -70,14 +70,9 @@ async def vhost() -> AsyncIterator[str]:
     """A RabbitMQ virtual host of its own (created and deleted through the management API), for tests that
     exercise the broker code without touching the pipeline's queues."""
     name = f"pixpress-test-{uuid.uuid4().hex[:8]}"
-    async with aiohttp.ClientSession(headers=MANAGEMENT_HEADERS) as http:
-        async with http.put(f"{MANAGEMENT}/vhosts/{name}") as response:
-            assert response.status in (201, 204), await response.text()
-        permissions = {"configure": ".*", "write": ".*", "read": ".*"}
-        async with http.put(f"{MANAGEMENT}/permissions/{name}/guest", json=permissions) as response:
-            assert response.status in (201, 204), await response.text()
+    async with aiohttp.ClientSession() as http:
+        await create_vhost(http, name)
         try:
             yield name
         finally:
-            async with http.delete(f"{MANAGEMENT}/vhosts/{name}") as response:
-                assert response.status == 204, await response.text()
+            await delete_vhost(http, name)

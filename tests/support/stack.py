@@ -10,6 +10,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+import aiohttp
 import psutil
 
 REPO = Path(__file__).resolve().parents[2]
@@ -17,6 +18,24 @@ STATE = Path(os.environ.get("PIXPRESS_STATE_DIR", REPO / ".run"))
 CONF = STATE / "supervisord.conf"
 MANAGEMENT = "http://127.0.0.1:15672/api"
 MANAGEMENT_HEADERS = {"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()}
+
+
+async def create_vhost(http: aiohttp.ClientSession, name: str) -> None:
+    """A RabbitMQ virtual host where guest may do everything (management API)."""
+    async with http.put(f"{MANAGEMENT}/vhosts/{name}", headers=MANAGEMENT_HEADERS) as answer:
+        answer.raise_for_status()
+    permissions = {"configure": ".*", "write": ".*", "read": ".*"}
+    async with http.put(
+        f"{MANAGEMENT}/permissions/{name}/guest", json=permissions, headers=MANAGEMENT_HEADERS
+    ) as answer:
+        answer.raise_for_status()
+
+
+async def delete_vhost(http: aiohttp.ClientSession, name: str) -> None:
+    """Delete a virtual host with all its queues; one that is already gone is fine."""
+    async with http.delete(f"{MANAGEMENT}/vhosts/{name}", headers=MANAGEMENT_HEADERS) as answer:
+        if answer.status != 404:
+            answer.raise_for_status()
 
 
 def amqp_url(vhost: str, user: str = "guest", password: str = "guest") -> str:
