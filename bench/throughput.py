@@ -1,6 +1,7 @@
 """Throughput: the codec floor against end-to-end images/second, measured in one run.
 
     .venv/bin/python -m bench.throughput [--images 240] [--configs 1x1,2x1,1x2] [--runs 2] [--profile]
+    .venv/bin/python -m bench.throughput --compressor-cores 1 [--images 240] [--runs 2]
 
 1. Makes ``--images`` distinct photographs of 2400x1600 from scikit-image's sample photos (a different crop,
    flip, rotation and colour balance of a different photo each, upscaled, with a little sensor-like noise so
@@ -13,7 +14,11 @@
    upload -> ``Completed`` through the real ingest, RabbitMQ, compressors, aggregator, FerretDB and MinIO, for
    each compressor configuration ``PROCSxTHREADS`` (compressor processes x ``PIXPRESS_COMPRESSOR_WORKERS``).
    Besides the end-to-end rate it reports when every image had been recorded (the "images phase", before the
-   output CSV is written), and the CPU time per image of every part of the pipeline.
+   output CSV is written), and the CPU time per image of every part of the pipeline. For configurations that
+   fill every core it also prints the ceiling the servers leave: how close to the floor the cores could get
+   if everything but the codec and RabbitMQ, FerretDB and MinIO cost nothing (see ``ceiling``).
+4. ``--compressor-cores N`` instead: N compressors alone on N cores, the servers and everything else on the
+   other cores (a deployment's servers on machines of their own), against the codec floor on those N cores.
 
 Isolation: the script starts its own ingest, aggregator and compressors (the programs of this checkout) on the
 stack's RabbitMQ, FerretDB and MinIO servers, but on names nobody else uses: RabbitMQ virtual host
@@ -34,6 +39,7 @@ import asyncio
 import contextlib
 import io
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -70,6 +76,7 @@ POLL_SECONDS = 0.25  # status polling: at most 2.5 % of a 10 s run, and little l
 SIZE = (2400, 1600)
 # colour photographs shipped in the scikit-image wheel
 SOURCES = (*PHOTOS, "motorcycle_right.png", "ihc.png")
+SERVERS = ("rabbitmq", "ferretdb", "minio")  # the stack's, shared with whoever else uses them
 PHOTO_VERSION = 3  # bump when make_photo changes, so cached files are remade
 
 
@@ -122,13 +129,19 @@ def photos(count: int) -> list[bytes]:
 # --- codec floor --------------------------------------------------------------------------------------------------
 
 
+# Fresh interpreters for the floor's workers: forked from this script after the end-to-end runs, they inherited
+# its heap (and glibc's arenas of its many threads) and ran the codec ~35 % slower than before the runs on an
+# otherwise idle core.
+FRESH = multiprocessing.get_context("spawn")
+
+
 def _codec(data: bytes) -> int:
     return len(compress(data, quality=50).data)
 
 
 def pool_map_floor(bodies: list[bytes], workers: int = 2) -> float:
     """``ProcessPoolExecutor(2).map(compress, photos)``: the codec in each worker's main thread."""
-    with ProcessPoolExecutor(workers) as pool:
+    with ProcessPoolExecutor(workers, mp_context=FRESH) as pool:
         list(pool.map(_codec, bodies[: workers * 2]))  # start the workers, import Pillow
         started = time.perf_counter()
         list(pool.map(_codec, bodies, chunksize=1))
@@ -147,7 +160,11 @@ def _codec_threads(shares: list[list[bytes]]) -> float:
     return time.perf_counter() - started
 
 
-def thread_floor(bodies: list[bytes], processes: int, threads: int) -> float:
+def _pin(cores: set[int]) -> None:
+    os.sched_setaffinity(0, cores)
+
+
+def thread_floor(bodies: list[bytes], processes: int, threads: int, cores: set[int] | None = None) -> float:
     """``processes`` processes with ``threads`` codec threads each, the photos dealt out once beforehand.
 
     This is how the compressor runs the codec (in a worker thread). It matters: in a process's main thread
@@ -155,7 +172,8 @@ def thread_floor(bodies: list[bytes], processes: int, threads: int) -> float:
     one (~6,600 page faults per 2400x1600 photo against ~140 in a thread), which costs ~40 % more CPU."""
     parts = processes * threads
     shares = [bodies[i::parts] for i in range(parts)]
-    with ProcessPoolExecutor(processes) as pool:
+    pinned = {"initializer": _pin, "initargs": (cores,)} if cores else {}
+    with ProcessPoolExecutor(processes, mp_context=FRESH, **pinned) as pool:
         futures = [pool.submit(_codec_threads, shares[p * threads : (p + 1) * threads]) for p in range(processes)]
         seconds = max(future.result() for future in futures)
     return len(bodies) / seconds
@@ -202,14 +220,67 @@ def process_tree_cpu(pid: int | None) -> float:
         return 0.0
 
 
+class CoreSplit:
+    """Compressors alone on the first ``compressor_cores`` cores; the stack's servers, ingest, aggregator and this
+    script on the others.
+
+    On a 2-core machine everything shares both cores, so the end-to-end rate measures the servers' CPU as much
+    as the compressors'. A deployment puts the servers on machines of their own; this emulates that here, so
+    the end-to-end rate of the compressors' cores can be compared with the codec floor on as many cores. Every
+    thread of the servers' process trees is moved (threads they start later inherit the setting) and moved back
+    afterwards."""
+
+    def __init__(self, compressor_cores: int) -> None:
+        cores = sorted(os.sched_getaffinity(0))
+        if not 0 < compressor_cores < len(cores):
+            raise SystemExit(f"--compressor-cores must leave at least one of the {len(cores)} cores for the rest")
+        self.compressors = set(cores[:compressor_cores])
+        self.others = set(cores[compressor_cores:])
+        self._saved: dict[int, set[int]] = {}
+
+    def _pin_tree(self, pid: int, cores: set[int]) -> None:
+        import psutil
+
+        root = psutil.Process(pid)
+        for process in (root, *root.children(recursive=True)):
+            for thread in process.threads():
+                with contextlib.suppress(ProcessLookupError):
+                    self._saved.setdefault(thread.id, os.sched_getaffinity(thread.id))
+                    os.sched_setaffinity(thread.id, cores)
+
+    def __enter__(self) -> CoreSplit:
+        for server in SERVERS:
+            pid = supervised_pid(server)
+            if pid is None:
+                raise SystemExit(f"{server} is not running: make up")
+            self._pin_tree(pid, self.others)
+        self._pin_tree(os.getpid(), self.others)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for thread_id, cores in self._saved.items():
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(thread_id, cores)
+
+    def describe(self) -> str:
+        return f"compressors on core(s) {sorted(self.compressors)}, everything else on {sorted(self.others)}"
+
+
 class Pipeline:
     """Ingest, aggregator and compressors of this checkout on a private vhost, database and bucket.
 
     Only the processes started here are ever signalled."""
 
-    def __init__(self, procs: int, threads: int, compressor_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        procs: int,
+        threads: int,
+        compressor_env: dict[str, str] | None = None,
+        compressor_cores: set[int] | None = None,
+    ) -> None:
         self.procs, self.threads = procs, threads
         self.compressor_env = compressor_env or {}
+        self.compressor_cores = compressor_cores
         self.connection = stack_settings()
         self.port = free_port()
         self.api = f"http://127.0.0.1:{self.port}"
@@ -276,12 +347,17 @@ class Pipeline:
 
     # --- processes ------------------------------------------------------------------------------------------
 
-    def _spawn(self, name: str, program: str, **extra: str) -> None:
+    def _spawn(self, name: str, program: str, cores: set[int] | None = None, **extra: str) -> None:
         logs = OUT / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         with (logs / f"{name}.log").open("ab") as log:
             self.processes[name] = subprocess.Popen(
-                [str(VENV / "bin" / program)], env=self.env(**extra), cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+                [str(VENV / "bin" / program)],
+                env=self.env(**extra),
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=(lambda: _pin(cores)) if cores else None,
             )
 
     async def start(self, http: aiohttp.ClientSession) -> None:
@@ -295,7 +371,7 @@ class Pipeline:
             port = free_port()
             extra = {"PIXPRESS_HEALTH_PORT": str(port), "PIXPRESS_COMPRESSOR_WORKERS": str(self.threads)}
             extra.update(self.compressor_env)
-            self._spawn(f"compressor-{n}", "pixpress-compressor", **extra)
+            self._spawn(f"compressor-{n}", "pixpress-compressor", self.compressor_cores, **extra)
             self.health[f"compressor-{n}"] = f"http://127.0.0.1:{port}/healthz"
         deadline = time.monotonic() + 90
         for name, url in self.health.items():
@@ -334,17 +410,33 @@ class Pipeline:
                 sizes.append(f"{psutil.Process(pid).memory_info().rss / 2**20:.0f} MiB")
         return ", ".join(sizes)
 
+    def compressor_thread_cpu(self) -> dict[str, float]:
+        """The compressors' CPU split by thread: the codec threads (the busiest ones besides the main thread),
+        the event loop (the main thread: download, AMQP, orchestration) and the rest (``asyncio.to_thread``
+        workers, i.e. the MinIO client's PUTs)."""
+        import psutil
+
+        split = {"compressor codec": 0.0, "compressor loop": 0.0, "compressor I/O threads": 0.0}
+        for pid in self.compressor_pids:
+            with contextlib.suppress(psutil.Error):
+                threads = psutil.Process(pid).threads()
+                others = sorted((t.user_time + t.system_time for t in threads if t.id != pid), reverse=True)
+                split["compressor loop"] += sum(t.user_time + t.system_time for t in threads if t.id == pid)
+                split["compressor codec"] += sum(others[: self.threads])
+                split["compressor I/O threads"] += sum(others[self.threads :])
+        return split
+
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time used so far by each part: this pipeline's processes, the shared servers (which also serve
         whoever else uses the machine) and this script (image host and status polling)."""
         import psutil
 
         usage = {
-            "compressors": sum(process_tree_cpu(pid) for pid in self.compressor_pids),
+            **self.compressor_thread_cpu(),
             "ingest": process_tree_cpu(self.processes["ingest"].pid),
             "aggregator": process_tree_cpu(self.processes["aggregator"].pid),
         }
-        for server in ("ferretdb", "rabbitmq", "minio"):
+        for server in SERVERS:
             usage[server] = process_tree_cpu(supervised_pid(server))
         me = psutil.Process().cpu_times()  # this process alone: the pipeline's processes are its children
         usage["bench"] = me.user + me.system
@@ -462,6 +554,21 @@ def report(procs: int, threads: int, run: Run, load: float) -> None:
         )
 
 
+def ceiling(run: Run, floor: float, cores: int) -> str:
+    """The best ratio these servers allow when they share the codec's cores, measured by this run.
+
+    Every image costs the codec ``cores / floor`` seconds of CPU and costs RabbitMQ, FerretDB and MinIO their
+    share (one PUT, a few messages, one insert). Even if pixpress's own code (download, publish, aggregator,
+    ingest) and the image host cost nothing, the cores cannot do more than codec / (codec + servers) of the
+    floor."""
+    codec_ms = 1000 * cores / floor
+    servers_ms = sum(run.cpu_ms["images"].get(name, 0.0) for name in SERVERS)
+    return (
+        f"ceiling with the servers on the same {cores} cores: {100 * codec_ms / (codec_ms + servers_ms):.0f}% "
+        f"(codec {codec_ms:.1f} ms + servers {servers_ms:.1f} ms of CPU per image, everything else free)"
+    )
+
+
 def py_spy(pids: list[int], seconds: int) -> list[subprocess.Popen]:
     OUT.mkdir(parents=True, exist_ok=True)
     return [
@@ -492,6 +599,7 @@ async def end_to_end(
     compressor_env: dict[str, str],
     profile: bool,
     runs_wanted: int,
+    compressor_cores: set[int] | None = None,
 ) -> dict[tuple[int, int], list[Run]]:
     host = PhotoHost(bodies)
     await host.start()
@@ -499,7 +607,7 @@ async def end_to_end(
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
         try:
             for procs, threads in configs:
-                pipeline = Pipeline(procs, threads, compressor_env)
+                pipeline = Pipeline(procs, threads, compressor_env, compressor_cores)
                 try:
                     await pipeline.start(http)
                     await one_request(http, pipeline.api, host, min(20, len(bodies)), f"warm{procs}x{threads}", dict)
@@ -539,7 +647,19 @@ def main() -> None:
     parser.add_argument("--skip-floor", action="store_true")
     parser.add_argument("--skip-e2e", action="store_true")
     parser.add_argument("--profile", action="store_true", help="py-spy the compressors during the second run")
+    parser.add_argument(
+        "--compressor-cores",
+        type=int,
+        metavar="N",
+        help="run N compressors x 1 thread alone on N cores, everything else on the other cores, and compare with "
+        "the codec floor on those N cores (see CoreSplit)",
+    )
     args = parser.parse_args()
+    if args.compressor_cores:
+        split = CoreSplit(args.compressor_cores)
+        with split:
+            per_core(args, split)
+        return
     configs = [tuple(int(n) for n in c.split("x")) for c in args.configs.split(",")]
 
     bodies = photos(args.images)
@@ -570,6 +690,7 @@ def main() -> None:
     if not args.skip_floor:
         measure_floor("after")  # the machine is shared: bracket the end-to-end runs
     floor = max(floors) if floors else None  # the fastest floor measured: the conservative ratio
+    cores = os.cpu_count() or 2
     print(f"\nsummary (best of {args.runs} runs per configuration)")
     for (procs, threads), runs in results.items():
         if not runs:
@@ -588,8 +709,33 @@ def main() -> None:
             f"/upload {uploads:.0f} ms",
             flush=True,
         )
+        if floor and procs * threads >= cores:
+            print(f"       {ceiling(best, floor, cores)}", flush=True)
     if floor:
         print(f"  codec floor: {floor:.2f} images/s (the fastest of {len(floors)} measurements)")
+
+
+def per_core(args: argparse.Namespace, split: CoreSplit) -> None:
+    """End to end on the compressors' own cores against the codec floor on the same cores (``--compressor-cores``)."""
+    bodies = photos(args.images)
+    procs = len(split.compressors)
+    print(f"{len(bodies)} distinct photographs {SIZE[0]}x{SIZE[1]}; {split.describe()}", flush=True)
+    floors = [thread_floor(bodies, procs, 1, split.compressors)]
+    print(f"codec floor before, {procs} process(es) x 1 codec thread on those cores: {floors[0]:.2f} images/s")
+    compressor_env = dict(item.split("=", 1) for item in args.compressor_env)
+    results = asyncio.run(end_to_end(bodies, [(procs, 1)], compressor_env, args.profile, args.runs, split.compressors))
+    floors.append(thread_floor(bodies, procs, 1, split.compressors))
+    print(f"codec floor after: {floors[1]:.2f} images/s")
+    floor = max(floors)
+    runs = results.get((procs, 1), [])
+    if runs:
+        best = max(runs, key=lambda run: run.rate)
+        phase = max(run.images / run.settled for run in runs)
+        print(
+            f"\nsummary: {procs} compressor(s) on {procs} core(s) of their own: end to end {best.rate:.2f} images/s "
+            f"({100 * best.rate / floor:.0f}% of the floor {floor:.2f}); images phase {phase:.2f} images/s "
+            f"({100 * phase / floor:.0f}%)"
+        )
 
 
 if __name__ == "__main__":
