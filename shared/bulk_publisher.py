@@ -23,6 +23,7 @@ import ssl
 import struct
 from collections import OrderedDict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -42,19 +43,34 @@ class BulkPublishError(Exception):
     """The batch is not known to be durable: the broker refused part of it, or the connection broke."""
 
 
-def _connection_target(url: str) -> tuple[str, int, str, str, str, ssl.SSLContext | None]:
+@dataclass(frozen=True)
+class _Target:
+    host: str
+    port: int
+    vhost: str
+    user: str
+    password: str
+    tls: ssl.SSLContext | None
+    heartbeat: int | None  # seconds; None keeps the broker's proposal
+
+
+def _connection_target(url: str) -> _Target:
+    """The parts of an AMQP URL this connection uses, ``?heartbeat=N`` included (as aio-pika reads it)."""
     parsed = URL(url)
     if parsed.scheme not in ("amqp", "amqps"):
         raise ValueError(f"unsupported AMQP URL scheme {parsed.scheme!r}; use amqp:// or amqps://")
     secure = parsed.scheme == "amqps"
-    vhost = unquote(parsed.raw_path[1:]) if len(parsed.raw_path) > 1 else "/"
-    return (
-        parsed.host or "127.0.0.1",
-        parsed.explicit_port or (5671 if secure else 5672),
-        vhost,
-        parsed.user or "guest",
-        parsed.password or "guest",
-        ssl.create_default_context() if secure else None,
+    heartbeat = parsed.query.get("heartbeat")
+    if heartbeat is not None and not (heartbeat.isdigit() and int(heartbeat) <= 65535):
+        raise ValueError(f"heartbeat must be a whole number of seconds, 0-65535, not {heartbeat!r}")
+    return _Target(
+        host=parsed.host or "127.0.0.1",
+        port=parsed.explicit_port or (5671 if secure else 5672),
+        vhost=unquote(parsed.raw_path[1:]) if len(parsed.raw_path) > 1 else "/",
+        user=parsed.user or "guest",
+        password=parsed.password or "guest",
+        tls=ssl.create_default_context() if secure else None,
+        heartbeat=int(heartbeat) if heartbeat is not None else None,
     )
 
 
@@ -76,11 +92,11 @@ class BulkPublisher:
 
     @classmethod
     async def connect(cls, url: str, *, timeout: float = 30.0, name: str = "pixpress-bulk") -> BulkPublisher:
-        host, port, vhost, user, password, tls = _connection_target(url)
+        target = _connection_target(url)
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port, ssl=tls)
+            reader, writer = await asyncio.open_connection(target.host, target.port, ssl=target.tls)
             try:
-                frame_max = await cls._handshake(reader, writer, vhost, user, password, name)
+                frame_max = await cls._handshake(reader, writer, target, name)
             except asyncio.IncompleteReadError as exc:
                 writer.close()
                 raise BulkPublishError("the broker closed the connection during the handshake") from exc
@@ -90,9 +106,7 @@ class BulkPublisher:
         return cls(reader, writer, frame_max)
 
     @staticmethod
-    async def _handshake(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, vhost: str, user: str, password: str, name: str
-    ) -> int:
+    async def _handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, target: _Target, name: str) -> int:
         writer.write(_PROTOCOL_HEADER)
         start = await _expect(reader, commands.Connection.Start)
         if b"PLAIN" not in start.mechanisms.encode().split():
@@ -103,17 +117,15 @@ class BulkPublisher:
             # authentication_failure_close: a bad login gets a Connection.Close with a reason, not a dropped socket
             "capabilities": {"publisher_confirms": True, "basic.nack": True, "authentication_failure_close": True},
         }
-        writer.write(
-            frame.marshal(
-                commands.Connection.StartOk(client_properties=properties, response=f"\0{user}\0{password}"), 0
-            )
-        )
+        login = f"\0{target.user}\0{target.password}"  # SASL PLAIN
+        writer.write(frame.marshal(commands.Connection.StartOk(client_properties=properties, response=login), 0))
         tune = await _expect(reader, commands.Connection.Tune)
         frame_max = tune.frame_max or 131072
-        # keep the broker's heartbeat: the listener answers each heartbeat it receives
-        tune_ok = commands.Connection.TuneOk(channel_max=1, frame_max=frame_max, heartbeat=tune.heartbeat)
+        # the broker's heartbeat unless the URL asks for another; the listener answers each heartbeat it receives
+        beat = tune.heartbeat if target.heartbeat is None else target.heartbeat
+        tune_ok = commands.Connection.TuneOk(channel_max=1, frame_max=frame_max, heartbeat=beat)
         writer.write(frame.marshal(tune_ok, 0))
-        writer.write(frame.marshal(commands.Connection.Open(virtual_host=vhost), 0))
+        writer.write(frame.marshal(commands.Connection.Open(virtual_host=target.vhost), 0))
         await _expect(reader, commands.Connection.OpenOk)
         writer.write(frame.marshal(commands.Channel.Open(), _CHANNEL))
         await _expect(reader, commands.Channel.OpenOk)

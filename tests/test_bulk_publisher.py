@@ -166,3 +166,32 @@ async def test_broker_replaces_a_dead_bulk_connection_before_the_next_batch(vhos
     received = await drain(vhost, Queue.IMAGES.value, 4501)
     assert len(received) == 4501
     assert [ImageTask.model_validate_json(message.body).row for message in received[:2]] == [1, 2]
+
+
+async def connection_heartbeat(vhost: str, connection_name: str) -> int | None:
+    """The heartbeat timeout RabbitMQ agreed on for the connection named ``connection_name`` (management API)."""
+    async with aiohttp.ClientSession(headers=MANAGEMENT_HEADERS) as http:
+        for _ in range(30):  # the management API sees a new connection after its next stats emission
+            async with http.get(f"{MANAGEMENT}/vhosts/{vhost}/connections") as response:
+                for connection in await response.json():
+                    if connection.get("client_properties", {}).get("connection_name") == connection_name:
+                        return connection["timeout"]
+            await asyncio.sleep(0.5)
+    return None
+
+
+async def test_an_idle_connection_survives_by_answering_the_brokers_heartbeats(vhost: str) -> None:
+    # a 1 s heartbeat (from the URL, as aio-pika reads it): RabbitMQ drops a peer that stays silent for two
+    # heartbeat intervals, so a publisher that did not answer would be gone long before the 5 s idle ends
+    await declare(vhost, "q", "k")
+    publisher = await BulkPublisher.connect(amqp_url(vhost) + "?heartbeat=1", name="idle")
+    try:
+        assert await connection_heartbeat(vhost, "idle") == 1
+        await asyncio.sleep(5)
+        assert publisher.usable
+        assert await publisher.publish(EXCHANGE, "k", [b"after a quiet while"]) == 1
+    finally:
+        await publisher.close()
+    assert [message.body for message in await drain(vhost, "q", 1)] == [b"after a quiet while"]
+    with pytest.raises(ValueError, match=r"heartbeat"):
+        await BulkPublisher.connect(amqp_url(vhost) + "?heartbeat=soon")
