@@ -58,14 +58,13 @@ from minio.deleteobjects import DeleteObject
 from pymongo import AsyncMongoClient
 
 from shared.settings import Settings
+from tests.support.stack import create_vhost, delete_vhost
 
 REPO = Path(__file__).resolve().parent.parent
 VHOST = "pixpress-bench"
 DATABASE = "pixpress_bench"
 BUCKET = "pixpress-bench"
 IMAGE_QUEUE = "compressor.images"
-MANAGEMENT = os.environ.get("PIXPRESS_BENCH_MANAGEMENT", "http://127.0.0.1:15672")
-MANAGEMENT_AUTH = {"Authorization": aiohttp.encode_basic_auth("guest", "guest")}
 DEAD_URL_BASE = "http://127.0.0.1:9/bench"  # discard port: closed, refuses at once
 URLS_PER_ROW = 3
 TARGET_MS = {100: 50.0, 100_000: 2000.0}
@@ -144,20 +143,6 @@ class Bench:
         self.concurrent_ms: list[float] = []
 
     # --- isolated resources ----------------------------------------------------------------------------
-
-    async def create_vhost(self, http: aiohttp.ClientSession) -> None:
-        async with http.put(f"{MANAGEMENT}/api/vhosts/{VHOST}", headers=MANAGEMENT_AUTH) as response:
-            response.raise_for_status()
-        permissions = {"configure": ".*", "write": ".*", "read": ".*"}
-        async with http.put(
-            f"{MANAGEMENT}/api/permissions/{VHOST}/guest", json=permissions, headers=MANAGEMENT_AUTH
-        ) as response:
-            response.raise_for_status()
-
-    async def delete_vhost(self, http: aiohttp.ClientSession) -> None:
-        async with http.delete(f"{MANAGEMENT}/api/vhosts/{VHOST}", headers=MANAGEMENT_AUTH) as response:
-            if response.status not in (204, 404):
-                response.raise_for_status()
 
     def minio(self) -> Minio:
         return Minio(
@@ -269,11 +254,11 @@ class Bench:
         results: list[SizeResult] = []
         timeout = aiohttp.ClientTimeout(total=600)
         async with aiohttp.ClientSession(timeout=timeout) as http:
-            await self.delete_vhost(http)  # leftovers of an interrupted run
+            await delete_vhost(http, VHOST)  # leftovers of an interrupted run
             await asyncio.to_thread(self.delete_bucket)
             mongo: AsyncMongoClient = AsyncMongoClient(self.settings.mongo_url.get_secret_value())
             await mongo.drop_database(DATABASE)
-            await self.create_vhost(http)
+            await create_vhost(http, VHOST)
             amqp = await aio_pika.connect(self.amqp_url)  # not robust: a robust channel caches passive declares
             try:
                 pid = await self.start_ingest(http)
@@ -313,7 +298,7 @@ class Bench:
                 self.stop_ingest()
                 await amqp.close()
                 if not self.args.keep_artifacts:
-                    await self.delete_vhost(http)
+                    await delete_vhost(http, VHOST)
                     await mongo.drop_database(DATABASE)
                     await asyncio.to_thread(self.delete_bucket)
                 await mongo.close()
