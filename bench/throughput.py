@@ -481,6 +481,10 @@ class Run:
     def rate(self) -> float:
         return self.images / self.seconds
 
+    @property
+    def images_phase_rate(self) -> float:
+        return self.images / self.settled
+
 
 async def one_request(
     http: aiohttp.ClientSession,
@@ -537,7 +541,7 @@ def report(procs: int, threads: int, run: Run, load: float) -> None:
     )
     print(
         f"    last photo downloaded at {run.last_download:.1f}s, every image recorded at {run.settled:.1f}s "
-        f"({run.images / run.settled:.2f} images/s), output CSV and Completed {run.seconds - run.settled:.1f}s later",
+        f"({run.images_phase_rate:.2f} images/s), output CSV and Completed {run.seconds - run.settled:.1f}s later",
         flush=True,
     )
     for phase, label, span in (
@@ -655,10 +659,11 @@ def main() -> None:
         "the codec floor on those N cores (see CoreSplit)",
     )
     args = parser.parse_args()
+    compressor_env = dict(item.split("=", 1) for item in args.compressor_env)
     if args.compressor_cores:
         split = CoreSplit(args.compressor_cores)
         with split:
-            per_core(args, split)
+            per_core(args, split, compressor_env)
         return
     configs = [tuple(int(n) for n in c.split("x")) for c in args.configs.split(",")]
 
@@ -685,7 +690,6 @@ def main() -> None:
         print(f"threads vs processes, codec only: 1 process x 1 thread {one:.2f} images/s, x 2 threads {two:.2f}")
     if args.skip_e2e:
         return
-    compressor_env = dict(item.split("=", 1) for item in args.compressor_env)
     results = asyncio.run(end_to_end(bodies, configs, compressor_env, args.profile, args.runs))
     if not args.skip_floor:
         measure_floor("after")  # the machine is shared: bracket the end-to-end runs
@@ -697,7 +701,7 @@ def main() -> None:
             print(f"  {procs}x{threads}: no run")
             continue
         best = max(runs, key=lambda run: run.rate)
-        phase = max(run.images / run.settled for run in runs)
+        phase = max(run.images_phase_rate for run in runs)
 
         def pct(rate: float) -> str:
             return f" ({100 * rate / floor:.0f}% of the floor)" if floor else ""
@@ -715,14 +719,13 @@ def main() -> None:
         print(f"  codec floor: {floor:.2f} images/s (the fastest of {len(floors)} measurements)")
 
 
-def per_core(args: argparse.Namespace, split: CoreSplit) -> None:
+def per_core(args: argparse.Namespace, split: CoreSplit, compressor_env: dict[str, str]) -> None:
     """End to end on the compressors' own cores against the codec floor on the same cores (``--compressor-cores``)."""
     bodies = photos(args.images)
     procs = len(split.compressors)
     print(f"{len(bodies)} distinct photographs {SIZE[0]}x{SIZE[1]}; {split.describe()}", flush=True)
     floors = [thread_floor(bodies, procs, 1, split.compressors)]
     print(f"codec floor before, {procs} process(es) x 1 codec thread on those cores: {floors[0]:.2f} images/s")
-    compressor_env = dict(item.split("=", 1) for item in args.compressor_env)
     results = asyncio.run(end_to_end(bodies, [(procs, 1)], compressor_env, args.profile, args.runs, split.compressors))
     floors.append(thread_floor(bodies, procs, 1, split.compressors))
     print(f"codec floor after: {floors[1]:.2f} images/s")
@@ -730,7 +733,7 @@ def per_core(args: argparse.Namespace, split: CoreSplit) -> None:
     runs = results.get((procs, 1), [])
     if runs:
         best = max(runs, key=lambda run: run.rate)
-        phase = max(run.images / run.settled for run in runs)
+        phase = max(run.images_phase_rate for run in runs)
         print(
             f"\nsummary: {procs} compressor(s) on {procs} core(s) of their own: end to end {best.rate:.2f} images/s "
             f"({100 * best.rate / floor:.0f}% of the floor {floor:.2f}); images phase {phase:.2f} images/s "
