@@ -18,6 +18,8 @@ no query's cost depends on the size of the database, only on what it selects.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -25,6 +27,7 @@ from pymongo.errors import PyMongoError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from shared.settings import Settings
+from shared.timeutil import hour_key
 
 # ids per ``$in``: our FerretDB patch pushes down lists of up to 10,000 values, SQLite takes 32,766 parameters
 IDS_PER_QUERY = 1000
@@ -38,6 +41,12 @@ def product_id(request_id: str, row: int) -> str:
 def result_id(request_id: str, row: int, index: int) -> str:
     """One result per image slot: a redelivered result is a duplicate key and changes nothing."""
     return f"{request_id}:{row}:{index}"
+
+
+def finished_fields(now: datetime) -> dict[str, object]:
+    """What every write that gives a request its final status also sets: ``finished_hour`` (indexed) is how
+    retention finds the requests that finished in a given hour without reading the others."""
+    return {"finished_at": now, "finished_hour": hour_key(now)}
 
 
 async def find_by_ids(collection: AsyncCollection, ids: list[str]) -> list[dict]:
@@ -83,6 +92,11 @@ class Database:
         """Keyed by the client's Idempotency-Key in ``_id``: uniqueness without a sparse index."""
         return self.db["idempotency_keys"]
 
+    @property
+    def retention_state(self) -> AsyncCollection:
+        """One document, the retention cursor: the last hour whose finished requests are all deleted."""
+        return self.db["retention_state"]
+
     async def connect(self, wait_seconds: float = 120.0) -> None:
         """Wait for the database, then make sure the indexes the queries rely on exist."""
         async for attempt in AsyncRetrying(
@@ -94,13 +108,15 @@ class Database:
             with attempt:
                 await self.client.admin.command("ping")
         # products and results are read per request in row order (output CSV, sweeper); results are counted per
-        # request when it may be complete; the sweeper finds requests by status and by a pending outbox.
+        # request when it may be complete; the sweeper finds requests by status, by a pending outbox and (for
+        # retention) by the hour they finished. tests/test_ferretdb_pushdown.py checks each query uses these.
         await self.products.create_index([("request_id", ASCENDING), ("row", ASCENDING)], name="request_row")
         await self.results.create_index(
             [("request_id", ASCENDING), ("row", ASCENDING), ("index", ASCENDING)], name="request_row_index"
         )
         await self.requests.create_index([("status", ASCENDING), ("updated_at", ASCENDING)], name="status_updated")
         await self.requests.create_index([("outbox_pending", ASCENDING)], name="outbox_pending")
+        await self.requests.create_index([("finished_hour", ASCENDING)], name="finished_hour")
 
     async def healthy(self) -> bool:
         try:

@@ -18,7 +18,7 @@ import structlog
 
 from services.aggregator.output_csv import join_results, write_output_csv
 from shared.broker import Broker
-from shared.database import Database
+from shared.database import Database, finished_fields
 from shared.locks import KeyedLocks
 from shared.messages import Progress, RequestFinished, RequestStatus, RoutingKey
 from shared.storage import Storage
@@ -102,7 +102,7 @@ class Finisher:
                     "bytes_in": bytes_in,
                     "bytes_out": bytes_out,
                     "updated_at": now,
-                    "finished_at": now,
+                    **finished_fields(now),
                     "outbox_pending": True,
                 }
             },

@@ -9,6 +9,7 @@
   slow costs a duplicate compression, nothing more.
 * Queued, or Processing with the fan-out incomplete, and quiet: republish ``request.accepted``; the fan-out
   resumes from its cursor (covers ingest dying between storing the request and publishing, or mid fan-out).
+* With ``PIXPRESS_RETENTION_DAYS`` set: one bounded retention pass (services/aggregator/retention.py).
 Every action is idempotent, so several aggregator replicas may sweep at once.
 Each query here is served by an index (``_id``, ``outbox_pending``, ``status``; tests/test_ferretdb_pushdown.py).
 """
@@ -22,6 +23,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from services.aggregator.finisher import Finisher
+from services.aggregator.retention import Retention
 from shared.broker import Broker
 from shared.database import Database
 from shared.messages import ImageTask, RequestAccepted, RequestStatus, RoutingKey
@@ -42,12 +44,14 @@ class Sweeper:
         finisher: Finisher,
         interval: float,
         stuck_after: float,
+        retention: Retention | None = None,
     ):
         self.db = db
         self.broker = broker
         self.finisher = finisher
         self.interval = interval
         self.stuck_after = timedelta(seconds=stuck_after)
+        self.retention = retention
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -78,6 +82,8 @@ class Sweeper:
             await self.broker.publish(
                 RoutingKey.REQUEST_ACCEPTED, RequestAccepted(request_id=request_id), message_id=request_id
             )
+        if self.retention is not None:
+            await self.retention.run_once()
 
     async def _check_complete(self, request_id: str, images_total: int, quiet_since: datetime) -> None:
         """Probe products only when the counters say done or the request went quiet.
