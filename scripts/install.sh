@@ -2,7 +2,7 @@
 # Installs what the native stack needs and is missing; does nothing (in about a second) when all is present.
 #   - .venv with `pip install -e '.[test]'` (again whenever pyproject.toml is newer than the venv's stamp)
 #   - rabbitmq-server from Debian packages (its own service is stopped: the stack runs its own node)
-#   - FerretDB (with scripts/ferretdb/pushdown.patch) and MinIO built with Go, side by side, cached outside the repo
+#   - FerretDB (with scripts/ferretdb/pixpress.patch) and MinIO built with Go, side by side, cached outside the repo
 #     as <cache>/bin/<name>-<version>[-pixpress-<patch hash>] (scripts/versions.sh)
 # Environment: PIXPRESS_CACHE_DIR (default ~/.cache/pixpress); PIXPRESS_INSTALL_TICK (seconds between "still
 # building" lines, default 30). Go's own GOPATH/GOMODCACHE/GOCACHE are used as they are set (.ci/run points GOCACHE
@@ -119,7 +119,7 @@ find_go() {
     GO=$(command -v go || true)
     if [ -z "$GO" ] && [ -x /usr/local/go/bin/go ]; then GO=/usr/local/go/bin/go; fi
     [ -n "$GO" ] || die "Go is needed to build FerretDB and MinIO: install Go >= 1.24 (https://go.dev/dl/)"
-    command -v git >/dev/null || die "git is needed to apply scripts/ferretdb/pushdown.patch: apt-get install git"
+    command -v git >/dev/null || die "git is needed to apply scripts/ferretdb/pixpress.patch: apt-get install git"
     local minor
     minor=$("$GO" env GOVERSION | sed -n 's/^go1\.\([0-9]*\).*/\1/p')
     # Go >= 1.21 fetches a newer toolchain from the module proxy itself when a module asks for one.
@@ -153,7 +153,7 @@ build_ferretdb() {
     # GIT_CEILING_DIRECTORIES: should the cache sit inside some git work tree, `git apply` would take the patch's
     # paths as relative to that tree and silently skip them; the grep proves the patch is in.
     (cd "$tmp/src" && GIT_CEILING_DIRECTORIES=$tmp git apply -p1 "$FERRETDB_PATCH") ||
-        die "scripts/ferretdb/pushdown.patch does not apply to $FERRETDB_MODULE@$FERRETDB_VERSION"
+        die "scripts/ferretdb/pixpress.patch does not apply to $FERRETDB_MODULE@$FERRETDB_VERSION"
     grep -q 'pixpress patch' "$tmp/src/internal/backends/sqlite/query.go" || die "the FerretDB patch was not applied"
     (cd "$tmp/src" && "$GO" build -trimpath -buildvcs=false -o "$tmp/ferretdb" ./cmd/ferretdb) ||
         die "building FerretDB failed"

@@ -4,12 +4,12 @@
 # FerretDB patch, rebuilds it on the next `make up`.
 
 # FerretDB 1.x: MongoDB wire protocol on top of SQLite, no separate database server needed. v1.24.2 is the last
-# 1.x release. We build it with scripts/ferretdb/pushdown.patch (see scripts/ferretdb/README.md, docs/ferretdb.md),
+# 1.x release. We build it with scripts/ferretdb/pixpress.patch (see scripts/ferretdb/README.md, docs/ferretdb.md),
 # so the cached binary's name carries the first 12 hex digits of the patch's SHA-256: a changed patch never
 # reuses a binary built without it.
 FERRETDB_MODULE=github.com/FerretDB/FerretDB
 FERRETDB_VERSION=v1.24.2
-FERRETDB_PATCH=$REPO/scripts/ferretdb/pushdown.patch
+FERRETDB_PATCH=$REPO/scripts/ferretdb/pixpress.patch
 FERRETDB_PATCH_HASH=$(sha256sum "$FERRETDB_PATCH" | cut -c1-12)
 FERRETDB_BINARY=ferretdb-$FERRETDB_VERSION-pixpress-$FERRETDB_PATCH_HASH
 

@@ -1,4 +1,4 @@
-"""Our FerretDB patch (scripts/ferretdb/pushdown.patch): every query pixpress makes is served by an index.
+"""Our FerretDB patch (scripts/ferretdb/pixpress.patch): every query pixpress makes is served by an index.
 
 Stock FerretDB 1.24 reads and decodes the whole collection for every query (even ``{_id: ...}``: its ``_id``
 expression is not the one its index is built on), so each finished request made every later one slower. FerretDB's
