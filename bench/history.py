@@ -1,6 +1,6 @@
 """History: does a request get slower as the database fills up? (a benchmark script, not a test)
 
-    .venv/bin/python -m bench.history [--sizes 0,100000,1000000] [--runs 5] [--photos 80] [--keep]
+    .venv/bin/python -m bench.history [--sizes 0,100000,1000000] [--runs 5] [--photos 80] [--keep] [--reuse]
 
 One database per history size (results already in it), each with its own ingest, aggregator and compressors, all
 running at once. Measurements go round-robin over the sizes (the order rotates every round), so every size sees
@@ -28,8 +28,9 @@ objects are not written: MinIO's cost per request does not depend on the databas
 
 Isolation (``bench.throughput``'s ``Pipeline``): the programs of this checkout on the stack's servers, per size a
 RabbitMQ vhost ``pixpress-history-<size>r-<random>``, database ``pixpress_history_<size>`` and bucket
-``pixpress-history-<size>``, emptied at the start and removed at the end (``--keep`` keeps them). The stack's own
-services and data are never touched.
+``pixpress-history-<size>``, emptied at the start and removed at the end (``--keep`` keeps them, and a later
+``--keep --reuse`` measures again without writing the history again). The stack's own services and data are never
+touched.
 
 Needs ``make up`` (the servers) and the RabbitMQ management API on 127.0.0.1:15672 (guest/guest). Disk: ~1.6 GB
 of SQLite per million results.
@@ -65,6 +66,7 @@ from shared.timeutil import utcnow  # noqa: E402
 ROWS_PER_REQUEST = 80
 REQUESTS_PER_BATCH = 25  # 2,000 products and 2,000 results per insert_many
 POLL_SECONDS = 0.05
+HISTORY_CSV_SHA256 = "0" * 64  # marks the history's requests (a real upload's digest is never all zeros)
 
 
 # --- history, written the way the services write it ---------------------------------------------------------------
@@ -78,7 +80,7 @@ def history_request(number: int) -> tuple[dict[str, Any], list[dict[str, Any]], 
     request = new_request_document(
         request_id,
         csv_key=f"uploads/{request_id}/input.csv",
-        csv_sha256="0" * 64,
+        csv_sha256=HISTORY_CSV_SHA256,
         products_total=ROWS_PER_REQUEST,
         images_total=ROWS_PER_REQUEST,
         header=["Serial Number", "Product Name", "Input Image Urls"],
@@ -257,13 +259,16 @@ async def run(args: argparse.Namespace) -> None:
             for count in counts:
                 pipeline = Pipeline(os.cpu_count() or 2, 1, names=names(count))
                 sizes.append(Size(count, pipeline, None))
-                await pipeline.start(http)
+                await pipeline.start(http, keep_data=args.reuse)
                 client: AsyncMongoClient = AsyncMongoClient(
                     pipeline.connection.get("PIXPRESS_MONGO_URL", "mongodb://127.0.0.1:27017/"), tz_aware=True
                 )
                 sizes[-1].db = client[names(count)[1]]
             for size in sizes:
-                if size.size:
+                written = await size.db.requests.count_documents({"csv_sha256": HISTORY_CSV_SHA256})
+                if written * ROWS_PER_REQUEST != size.size:
+                    if written:
+                        raise SystemExit(f"{names(size.size)[1]} holds {written} history requests: run without --reuse")
                     print(f"writing {size.size:,} results of history into {names(size.size)[1]} ...", flush=True)
                     took = await grow_history(size.db, 0, size.size // ROWS_PER_REQUEST)
                     print(f"  written in {took:.0f} s", flush=True)
@@ -311,6 +316,9 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=80, help="photos in the timed request")
     parser.add_argument("--settle", type=int, default=30, help="seconds to wait after writing the history")
     parser.add_argument("--keep", action="store_true", help="keep the databases and buckets afterwards")
+    parser.add_argument(
+        "--reuse", action="store_true", help="use the history a --keep run left instead of writing it again"
+    )
     asyncio.run(run(parser.parse_args()))
 
 

@@ -363,8 +363,12 @@ class Pipeline:
                 preexec_fn=(lambda: _pin(cores)) if cores else None,
             )
 
-    async def start(self, http: aiohttp.ClientSession) -> None:
-        await self.reset(http)
+    async def start(self, http: aiohttp.ClientSession, keep_data: bool = False) -> None:
+        """``keep_data``: only a fresh vhost; the database and bucket stay as an earlier run left them."""
+        if keep_data:
+            await create_vhost(http, self.vhost)
+        else:
+            await self.reset(http)
         self._spawn("ingest", "pixpress-ingest")
         self.health["ingest"] = f"{self.api}/healthz"
         port = free_port()
