@@ -22,6 +22,8 @@ test: export PIXPRESS_RETRY_BASE_DELAY_MS ?= 200
 test: export PIXPRESS_WEBHOOK_RETRY_DELAYS_MS ?= [300,600,1200]
 test: export PIXPRESS_SWEEP_INTERVAL ?= 2
 test: export PIXPRESS_STUCK_AFTER ?= 30
+# retention on, so tests/test_retention.py sees the aggregator delete a request it backdated past it
+test: export PIXPRESS_RETENTION_DAYS ?= 30
 # a hanging image host fails in seconds, and its retry chain ends well inside STUCK_AFTER
 test: export PIXPRESS_READ_TIMEOUT ?= 3
 test: export PIXPRESS_DOWNLOAD_TIMEOUT ?= 5

@@ -25,9 +25,9 @@ stack's RabbitMQ, FerretDB and MinIO servers, but on names nobody else uses: Rab
 ``pixpress-throughput-<random>`` (a new one per configuration), database ``pixpress_throughput``, bucket
 ``pixpress-throughput``, all emptied for every configuration and removed at the end. So the stack's own
 services, queues and data are never touched, other people's tests do not land in the measurement, and FerretDB
-starts from an empty database (on FerretDB 1.x every query scans its collection, so a database full of old
-requests is slower: see the README). The servers and the two cores are still shared: the load average is
-printed with every run.
+starts from an empty database (history no longer slows requests down with our FerretDB patch, see
+docs/benchmarks.md, but an empty database is the same for every run). The servers and the two cores are still
+shared: the load average is printed with every run.
 
 Needs ``make up`` (the servers) and the RabbitMQ management API on 127.0.0.1:15672 (guest/guest).
 """
@@ -269,7 +269,8 @@ class CoreSplit:
 class Pipeline:
     """Ingest, aggregator and compressors of this checkout on a private vhost, database and bucket.
 
-    Only the processes started here are ever signalled."""
+    Only the processes started here are ever signalled. ``names`` = (vhost prefix, database, bucket): another
+    benchmark reusing this class keeps its own."""
 
     def __init__(
         self,
@@ -277,8 +278,10 @@ class Pipeline:
         threads: int,
         compressor_env: dict[str, str] | None = None,
         compressor_cores: set[int] | None = None,
+        names: tuple[str, str, str] = (VHOST, DATABASE, BUCKET),
     ) -> None:
         self.procs, self.threads = procs, threads
+        self.vhost_prefix, self.database, self.bucket = names
         self.compressor_env = compressor_env or {}
         self.compressor_cores = compressor_cores
         self.connection = stack_settings()
@@ -288,7 +291,7 @@ class Pipeline:
         self.health: dict[str, str] = {}
         # a fresh name per run: a quorum queue re-declared in a vhost of the same name that was deleted a moment
         # ago can wait on the old queue's Raft cluster still shutting down (a run once hung for 13 min so)
-        self.vhost = f"{VHOST}-{uuid.uuid4().hex[:8]}"
+        self.vhost = f"{self.vhost_prefix}-{uuid.uuid4().hex[:8]}"
 
     def env(self, **extra: str) -> dict[str, str]:
         amqp = self.connection.get("PIXPRESS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -297,8 +300,8 @@ class Pipeline:
             **base,
             **self.connection,
             "PIXPRESS_AMQP_URL": amqp.rstrip("/") + "/" + self.vhost,
-            "PIXPRESS_MONGO_DB": DATABASE,
-            "PIXPRESS_S3_BUCKET": BUCKET,
+            "PIXPRESS_MONGO_DB": self.database,
+            "PIXPRESS_S3_BUCKET": self.bucket,
             "PIXPRESS_API_HOST": "127.0.0.1",
             "PIXPRESS_API_PORT": str(self.port),
             "PIXPRESS_ALLOW_PRIVATE_URLS": "true",  # the photographs are served from 127.0.0.1
@@ -318,7 +321,7 @@ class Pipeline:
         """Delete this run's vhost and any left by an interrupted run, then the database and bucket."""
         async with http.get(f"{MANAGEMENT}/vhosts", headers=MANAGEMENT_HEADERS) as answer:
             answer.raise_for_status()
-            names = [v["name"] for v in await answer.json() if v["name"].startswith(VHOST)]
+            names = [v["name"] for v in await answer.json() if v["name"].startswith(self.vhost_prefix)]
         for name in names:
             await delete_vhost(http, name)
         await asyncio.to_thread(self._drop_database_and_bucket)
@@ -330,7 +333,7 @@ class Pipeline:
 
         client = MongoClient(self.connection.get("PIXPRESS_MONGO_URL", "mongodb://127.0.0.1:27017/"))
         try:
-            client.drop_database(DATABASE)
+            client.drop_database(self.database)
         finally:
             client.close()
         minio = Minio(
@@ -339,11 +342,11 @@ class Pipeline:
             secret_key=self.connection.get("PIXPRESS_S3_SECRET_KEY", "pixpress-secret"),
             secure=self.connection.get("PIXPRESS_S3_SECURE", "false").lower() == "true",
         )
-        if minio.bucket_exists(BUCKET):
-            objects = (DeleteObject(o.object_name) for o in minio.list_objects(BUCKET, recursive=True))
-            for error in minio.remove_objects(BUCKET, objects):
+        if minio.bucket_exists(self.bucket):
+            objects = (DeleteObject(o.object_name) for o in minio.list_objects(self.bucket, recursive=True))
+            for error in minio.remove_objects(self.bucket, objects):
                 print(f"  could not delete {error.name}: {error.message}", file=sys.stderr)
-            minio.remove_bucket(BUCKET)
+            minio.remove_bucket(self.bucket)
 
     # --- processes ------------------------------------------------------------------------------------------
 
@@ -360,8 +363,12 @@ class Pipeline:
                 preexec_fn=(lambda: _pin(cores)) if cores else None,
             )
 
-    async def start(self, http: aiohttp.ClientSession) -> None:
-        await self.reset(http)
+    async def start(self, http: aiohttp.ClientSession, keep_data: bool = False) -> None:
+        """``keep_data``: only a fresh vhost; the database and bucket stay as an earlier run left them."""
+        if keep_data:
+            await create_vhost(http, self.vhost)
+        else:
+            await self.reset(http)
         self._spawn("ingest", "pixpress-ingest")
         self.health["ingest"] = f"{self.api}/healthz"
         port = free_port()

@@ -17,17 +17,17 @@ Targets (issue 3, 2-core machine): 100 rows < 50 ms, 100,000 rows < 2 s, ingest 
 
 Why it runs its own ingest process instead of timing the stack's one
 --------------------------------------------------------------------
-Every accepted upload is real work: the 100,000-row runs alone publish 1,500,000 image tasks. On the shared
-stack the compressors would try to download them all (hours of retries), the aggregator's sweeper republishes
-unsettled tasks of a stuck request, and FerretDB 1.x scans the whole ``products`` collection on every query,
-so a few hundred thousand leftover product rows slow everyone down. Purging ``compressor.images`` would also
-throw away other users' tasks. So the benchmark starts a second ``pixpress-ingest`` (the same program and
-settings as the stack's, started and stopped by this script only) wired to the same RabbitMQ, FerretDB and
-MinIO servers but to names nobody else uses: RabbitMQ virtual host ``pixpress-bench`` (no compressor consumes
-there), database ``pixpress_bench`` and bucket ``pixpress-bench``. Between runs it purges that vhost's image
-queue and drops the products; at the end it deletes the vhost, the database and the bucket. The image URLs
-point at a closed local port, so nothing would be fetched even if a task escaped. The shared services see
-no traffic at all; they only share the two CPU cores, as any client would.
+Every accepted upload is real work: the 100,000-row runs alone publish 1,500,000 image tasks. On the shared stack
+the compressors would try to download them all (hours of retries), the aggregator's sweeper republishes unsettled
+tasks of a stuck request, and a few hundred thousand leftover product rows would sit in everyone's database (on
+stock FerretDB 1.x, which scans the collection for every query, they slowed everyone down). Purging
+``compressor.images`` would also throw away other users' tasks. So the benchmark starts a second
+``pixpress-ingest`` (the same program and settings as the stack's, started and stopped by this script only) wired to the
+same RabbitMQ, FerretDB and MinIO servers but to names nobody else uses: RabbitMQ virtual host ``pixpress-bench``
+(no compressor consumes there), database ``pixpress_bench`` and bucket ``pixpress-bench``. Between runs it purges
+that vhost's image queue and drops the products; at the end it deletes the vhost, the database and the bucket.
+The image URLs point at a closed local port, so nothing would be fetched even if a task escaped. The shared
+services see no traffic at all; they only share the two CPU cores, as any client would.
 
 Needs the stack's servers running (``make up``) and the RabbitMQ management API on 127.0.0.1:15672
 (guest/guest) to create and delete the virtual host.

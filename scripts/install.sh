@@ -2,8 +2,11 @@
 # Installs what the native stack needs and is missing; does nothing (in about a second) when all is present.
 #   - .venv with `pip install -e '.[test]'` (again whenever pyproject.toml is newer than the venv's stamp)
 #   - rabbitmq-server from Debian packages (its own service is stopped: the stack runs its own node)
-#   - FerretDB and MinIO built with Go, cached outside the repo as <cache>/bin/<name>-<version>
-# Environment: PIXPRESS_CACHE_DIR (default ~/.cache/pixpress). Go's own GOPATH/GOMODCACHE/GOCACHE are left as they are.
+#   - FerretDB (with scripts/ferretdb/pixpress.patch) and MinIO built with Go, side by side, cached outside the repo
+#     as <cache>/bin/<name>-<version>[-pixpress-<patch hash>] (scripts/versions.sh)
+# Environment: PIXPRESS_CACHE_DIR (default ~/.cache/pixpress); PIXPRESS_INSTALL_TICK (seconds between "still
+# building" lines, default 30). Go's own GOPATH/GOMODCACHE/GOCACHE are used as they are set (.ci/run points GOCACHE
+# at an empty directory to build as a fresh machine would).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -17,6 +20,27 @@ say() { printf 'install: %s\n' "$*"; }
 die() { printf 'install: ERROR: %s\n' "$*" >&2; exit 1; }
 now() { date +%s; }
 took() { printf '%ss' "$(( $(now) - $1 ))"; }
+
+# Waits for background jobs (label=pid words), printing which are still running every PIXPRESS_INSTALL_TICK seconds
+# (default 30) so that a long first install never looks hung. Returns when all have ended; their exit statuses
+# are collected by the caller with `wait`.
+wait_ticking() {
+    local since=$1 tick=${PIXPRESS_INSTALL_TICK:-30} next job running
+    shift
+    next=$(($(now) + tick))
+    while :; do
+        running=()
+        for job; do
+            if kill -0 "${job#*=}" 2>/dev/null; then running+=("${job%%=*}"); fi
+        done
+        [ "${#running[@]}" -gt 0 ] || return 0
+        sleep 1
+        if (($(now) >= next)); then
+            say "still working: ${running[*]} ($(took "$since"), load average $(cut -d' ' -f1-3 /proc/loadavg))"
+            next=$(($(now) + tick))
+        fi
+    done
+}
 
 START=$(now)
 did=0
@@ -49,7 +73,9 @@ if [ "${#apt_packages[@]}" -gt 0 ]; then
     {
         "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q &&
             "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${apt_packages[@]}"
-    } >"${TMPDIR:-/tmp}/pixpress-apt.log" 2>&1 || rc=$?
+    } >"${TMPDIR:-/tmp}/pixpress-apt.log" 2>&1 &
+    wait_ticking "$t" "apt-get=$!"
+    wait $! || rc=$?
     if [ "$own_policy" = 1 ]; then "${SUDO[@]}" rm -f "$policy"; fi
     if [ "$rc" != 0 ]; then
         tail -n 30 "${TMPDIR:-/tmp}/pixpress-apt.log" >&2
@@ -75,7 +101,9 @@ if [ ! -x "$VENV/bin/python" ] || [ ! -e "$STAMP" ] || [ "$REPO/pyproject.toml" 
     fi
     say "pip install -e '.[test]' ..."
     mkdir -p "$CACHE/logs"
-    if ! "$VENV/bin/python" -m pip install --disable-pip-version-check -e "${REPO}[test]" >"$CACHE/logs/pip.log" 2>&1; then
+    "$VENV/bin/python" -m pip install --disable-pip-version-check -e "${REPO}[test]" >"$CACHE/logs/pip.log" 2>&1 &
+    wait_ticking "$t" "pip=$!"
+    if ! wait $!; then
         tail -n 30 "$CACHE/logs/pip.log" >&2
         die "pip install failed (full log: $CACHE/logs/pip.log)"
     fi
@@ -91,6 +119,7 @@ find_go() {
     GO=$(command -v go || true)
     if [ -z "$GO" ] && [ -x /usr/local/go/bin/go ]; then GO=/usr/local/go/bin/go; fi
     [ -n "$GO" ] || die "Go is needed to build FerretDB and MinIO: install Go >= 1.24 (https://go.dev/dl/)"
+    command -v git >/dev/null || die "git is needed to apply scripts/ferretdb/pixpress.patch: apt-get install git"
     local minor
     minor=$("$GO" env GOVERSION | sed -n 's/^go1\.\([0-9]*\).*/\1/p')
     # Go >= 1.21 fetches a newer toolchain from the module proxy itself when a module asks for one.
@@ -98,62 +127,88 @@ find_go() {
 }
 
 BIN=$CACHE/bin
-TMPBUILD=
-cleanup() { if [ -n "$TMPBUILD" ]; then rm -rf "$TMPBUILD"; fi; }
+LOGDIR=$CACHE/logs
+BUILDS=()
+cleanup() {
+    local dir
+    for dir in "${BUILDS[@]}"; do rm -rf "$dir"; done
+}
 trap cleanup EXIT
+
+# A fresh build directory in the cache (same filesystem as $BIN, so the finished binary is moved, not copied).
+new_build_dir() { mktemp -d "$CACHE/build.XXXXXX"; }
 
 # FerretDB's `go install .../cmd/ferretdb@v1.24.2` builds, but the binary panics at start: the module zip lacks the
 # generated build/version/version.txt (`Invalid build/version/version.txt file content`). So we take the very same
-# module from the module proxy, add that one file, and build ./cmd/ferretdb from it.
+# module from the module proxy, add that one file, apply our patch (scripts/ferretdb/README.md) and build
+# ./cmd/ferretdb from it. Runs in a subshell of its own (see build_all): `die` ends only this build.
 build_ferretdb() {
-    local out=$BIN/ferretdb-$FERRETDB_VERSION
-    [ -x "$out" ] && return 0
-    find_go
-    local t dir
-    t=$(now)
-    say "building FerretDB $FERRETDB_VERSION with $("$GO" env GOVERSION) (a few minutes on a cold Go cache) ..."
-    mkdir -p "$BIN"
-    TMPBUILD=$(mktemp -d "$CACHE/build.XXXXXX")
-    dir=$(cd "$TMPBUILD" && "$GO" mod download -json "$FERRETDB_MODULE@$FERRETDB_VERSION" |
+    local out=$BIN/$FERRETDB_BINARY tmp=$1 dir
+    dir=$(cd "$tmp" && "$GO" mod download -json "$FERRETDB_MODULE@$FERRETDB_VERSION" |
         sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')
     if [ -z "$dir" ] || [ ! -d "$dir" ]; then die "go mod download $FERRETDB_MODULE@$FERRETDB_VERSION failed"; fi
-    cp -R "$dir/." "$TMPBUILD/src"
-    chmod -R u+w "$TMPBUILD/src"
-    printf '%s\n' "$FERRETDB_VERSION" >"$TMPBUILD/src/build/version/version.txt"
-    (cd "$TMPBUILD/src" && "$GO" build -trimpath -buildvcs=false -o "$TMPBUILD/ferretdb" ./cmd/ferretdb) ||
+    cp -R "$dir/." "$tmp/src"
+    chmod -R u+w "$tmp/src"
+    printf '%s\n' "$FERRETDB_VERSION" >"$tmp/src/build/version/version.txt"
+    # GIT_CEILING_DIRECTORIES: should the cache sit inside some git work tree, `git apply` would take the patch's
+    # paths as relative to that tree and silently skip them; the grep proves the patch is in.
+    (cd "$tmp/src" && GIT_CEILING_DIRECTORIES=$tmp git apply -p1 "$FERRETDB_PATCH") ||
+        die "scripts/ferretdb/pixpress.patch does not apply to $FERRETDB_MODULE@$FERRETDB_VERSION"
+    grep -q 'pixpress patch' "$tmp/src/internal/backends/sqlite/query.go" || die "the FerretDB patch was not applied"
+    (cd "$tmp/src" && "$GO" build -trimpath -buildvcs=false -o "$tmp/ferretdb" ./cmd/ferretdb) ||
         die "building FerretDB failed"
-    "$TMPBUILD/ferretdb" --version >/dev/null || die "the FerretDB binary does not run"
-    mv -f "$TMPBUILD/ferretdb" "$out"
-    rm -rf "$TMPBUILD"
-    TMPBUILD=
-    say "built $out in $(took "$t")"
-    did=1
+    "$tmp/ferretdb" --version >/dev/null || die "the FerretDB binary does not run"
+    mv -f "$tmp/ferretdb" "$out"
 }
 
 build_minio() {
-    local out=$BIN/minio-$MINIO_VERSION
-    [ -x "$out" ] && return 0
-    find_go
-    local t
-    t=$(now)
-    say "building MinIO $MINIO_VERSION with $("$GO" env GOVERSION) (a few minutes on a cold Go cache) ..."
-    mkdir -p "$BIN"
-    TMPBUILD=$(mktemp -d "$CACHE/build.XXXXXX")
-    (cd "$TMPBUILD" && GOBIN=$TMPBUILD "$GO" install -trimpath "$MINIO_MODULE@$MINIO_VERSION") ||
+    local out=$BIN/$MINIO_BINARY tmp=$1
+    (cd "$tmp" && GOBIN=$tmp "$GO" install -trimpath "$MINIO_MODULE@$MINIO_VERSION") ||
         die "go install $MINIO_MODULE@$MINIO_VERSION failed"
-    "$TMPBUILD/minio" --version >/dev/null || die "the MinIO binary does not run"
-    mv -f "$TMPBUILD/minio" "$out"
-    rm -rf "$TMPBUILD"
-    TMPBUILD=
-    say "built $out in $(took "$t")"
+    "$tmp/minio" --version >/dev/null || die "the MinIO binary does not run"
+    mv -f "$tmp/minio" "$out"
+}
+
+# Builds the missing binaries side by side: each `go` already uses every core, but one build's single-threaded
+# phases (module downloads, linking) overlap the other's compiling.
+build_all() {
+    local names=() name jobs=() pid t failed=() tmp
+    [ -x "$BIN/$FERRETDB_BINARY" ] || names+=(ferretdb)
+    [ -x "$BIN/$MINIO_BINARY" ] || names+=(minio)
+    [ "${#names[@]}" -gt 0 ] || return 0
+    find_go
+    mkdir -p "$BIN" "$LOGDIR"
+    t=$(now)
+    say "building ${names[*]} with $("$GO" env GOVERSION) (on a fresh machine 5-10 minutes; logs in $LOGDIR) ..."
+    for name in "${names[@]}"; do
+        tmp=$(new_build_dir)
+        BUILDS+=("$tmp")
+        ("build_$name" "$tmp") >"$LOGDIR/build-$name.log" 2>&1 &
+        jobs+=("$name=$!")
+    done
+    wait_ticking "$t" "${jobs[@]}"
+    for name in "${jobs[@]}"; do
+        pid=${name#*=}
+        name=${name%%=*}
+        if wait "$pid"; then
+            say "built $BIN/$(binary_name "$name")"
+        else
+            failed+=("$name")
+            printf -- '--- last lines of %s ---\n' "$LOGDIR/build-$name.log" >&2
+            tail -n 30 "$LOGDIR/build-$name.log" >&2
+        fi
+    done
+    [ "${#failed[@]}" -eq 0 ] || die "building ${failed[*]} failed (logs: $LOGDIR/build-<name>.log)"
+    say "built ${names[*]} in $(took "$t")"
     did=1
 }
 
-build_ferretdb
-build_minio
+binary_name() { case $1 in ferretdb) printf '%s\n' "$FERRETDB_BINARY" ;; minio) printf '%s\n' "$MINIO_BINARY" ;; esac; }
+
+build_all
 
 if [ "$did" = 0 ]; then
-    say "everything present (venv, rabbitmq-server, ferretdb $FERRETDB_VERSION, minio $MINIO_VERSION)"
+    say "everything present (venv, rabbitmq-server, $FERRETDB_BINARY, $MINIO_BINARY)"
 else
     say "done in $(took "$START")"
 fi

@@ -1,18 +1,24 @@
 """MongoDB access through pymongo's asyncio client (``AsyncMongoClient``; Motor is deprecated).
 
 Only features FerretDB 1.x implements are used: single-document atomic updates with ``$set``/``$inc`` and
-dotted array positions, ``find`` with sort/skip/limit, ``insert_many(ordered=False)`` and ``count_documents``.
-No transactions, change streams or ``$lookup``: FerretDB 1.x has none of them.
+dotted array positions, ``find`` with sort/limit, ``insert_many(ordered=False)``, ``delete_many`` and
+``count_documents``. No transactions, change streams or ``$lookup``: FerretDB 1.x has none of them.
 
-FerretDB 1.x also does not isolate concurrent updates of one document (read-modify-write, last writer wins),
+FerretDB 1.x does not isolate concurrent updates of one document (read-modify-write, last writer wins),
 so every document has one owning service at a time: ``requests`` belongs to ingest until the fan-out is
 complete and to the aggregator afterwards, ``products`` are written once by the fan-out, ``results`` and
-``progress`` belong to the aggregator, ``webhooks`` to the notifier. And it uses no index for queries (not
-even ``_id``): per-message work therefore only inserts into large collections or touches small ones.
-Within a service, writes for one request go through :class:`shared.locks.KeyedLocks`.
+``progress`` belong to the aggregator, ``webhooks`` to the notifier. Within a service, writes for one request
+go through :class:`shared.locks.KeyedLocks`.
+
+Every query starts with what an index serves on both MongoDB and our patched FerretDB (scripts/ferretdb/,
+docs/ferretdb.md): ``_id``, or a top-level equality or ``$in`` on a string or boolean field that leads an index
+below. FerretDB evaluates the rest of a filter, and any sort, in Go over the documents the index selected, so
+no query's cost depends on the size of the database, only on what it selects.
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
@@ -21,6 +27,34 @@ from pymongo.errors import PyMongoError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from shared.settings import Settings
+from shared.timeutil import hour_key
+
+# ids per ``$in``: our FerretDB patch pushes down lists of up to 10,000 values, SQLite takes 32,766 parameters
+IDS_PER_QUERY = 1000
+
+
+def product_id(request_id: str, row: int) -> str:
+    """Deterministic, so the fan-out's redelivered inserts are duplicates and a page is read by its keys."""
+    return f"{request_id}:{row}"
+
+
+def result_id(request_id: str, row: int, index: int) -> str:
+    """One result per image slot: a redelivered result is a duplicate key and changes nothing."""
+    return f"{request_id}:{row}:{index}"
+
+
+def finished_fields(now: datetime) -> dict[str, object]:
+    """What every write that gives a request its final status also sets: ``finished_hour`` (indexed) is how
+    retention finds the requests that finished in a given hour without reading the others."""
+    return {"finished_at": now, "finished_hour": hour_key(now)}
+
+
+async def find_by_ids(collection: AsyncCollection, ids: list[str]) -> list[dict]:
+    """The documents among ``ids`` that exist, in no particular order: index lookups, never a scan."""
+    found: list[dict] = []
+    for start in range(0, len(ids), IDS_PER_QUERY):
+        found += await collection.find({"_id": {"$in": ids[start : start + IDS_PER_QUERY]}}).to_list(None)
+    return found
 
 
 class Database:
@@ -58,6 +92,11 @@ class Database:
         """Keyed by the client's Idempotency-Key in ``_id``: uniqueness without a sparse index."""
         return self.db["idempotency_keys"]
 
+    @property
+    def retention_state(self) -> AsyncCollection:
+        """One document, the retention cursor: the last hour whose finished requests are all deleted."""
+        return self.db["retention_state"]
+
     async def connect(self, wait_seconds: float = 120.0) -> None:
         """Wait for the database, then make sure the indexes the queries rely on exist."""
         async for attempt in AsyncRetrying(
@@ -68,13 +107,16 @@ class Database:
         ):
             with attempt:
                 await self.client.admin.command("ping")
-        # products and results are read in row order per request (product pages, output CSV); results are
-        # counted per request when it may be complete. FerretDB 1.x accepts the indexes but scans anyway.
+        # products and results are read per request in row order (output CSV, sweeper); results are counted per
+        # request when it may be complete; the sweeper finds requests by status, by a pending outbox and (for
+        # retention) by the hour they finished. tests/test_ferretdb_pushdown.py checks each query uses these.
         await self.products.create_index([("request_id", ASCENDING), ("row", ASCENDING)], name="request_row")
         await self.results.create_index(
             [("request_id", ASCENDING), ("row", ASCENDING), ("index", ASCENDING)], name="request_row_index"
         )
         await self.requests.create_index([("status", ASCENDING), ("updated_at", ASCENDING)], name="status_updated")
+        await self.requests.create_index([("outbox_pending", ASCENDING)], name="outbox_pending")
+        await self.requests.create_index([("finished_hour", ASCENDING)], name="finished_hour")
 
     async def healthy(self) -> bool:
         try:

@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     aggregator_prefetch: int = Field(default=256, ge=1, description="results in flight; also the batch size")
     sweep_interval: float = Field(default=30.0, gt=0)
     stuck_after: float = Field(default=600.0, gt=0, description="quiet time before a request is re-checked")
+    retention_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="delete finished requests (records and stored objects) this many days after they finished; "
+        "unset keeps everything",
+    )
 
     # --- webhooks ---------------------------------------------------------------------------------------
     webhook_secret: SecretStr | None = None

@@ -13,6 +13,7 @@ import json
 from typing import BinaryIO
 
 from minio import Minio
+from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 from urllib3.exceptions import HTTPError
@@ -84,6 +85,24 @@ class Storage:
 
     async def put_stream(self, key: str, stream: BinaryIO, length: int, content_type: str) -> None:
         await asyncio.to_thread(self._client.put_object, self._bucket, key, stream, length, content_type=content_type)
+
+    async def delete_prefix(self, prefix: str, limit: int) -> int:
+        """Deletes up to ``limit`` objects whose keys start with ``prefix``; returns how many it deleted (fewer
+        than ``limit``: none are left)."""
+        return await asyncio.to_thread(self._delete_prefix_sync, prefix, limit)
+
+    def _delete_prefix_sync(self, prefix: str, limit: int) -> int:
+        names = []
+        for item in self._client.list_objects(self._bucket, prefix=prefix, recursive=True):
+            names.append(item.object_name)
+            if len(names) >= limit:
+                break
+        if names:
+            # remove_objects is lazy: the errors must be read for the deletes to happen at all
+            errors = list(self._client.remove_objects(self._bucket, (DeleteObject(name) for name in names)))
+            if errors:
+                raise OSError(f"deleting {errors[0].name} failed: {errors[0].code} {errors[0].message}")
+        return len(names)
 
     async def download_to_file(self, key: str, path: str) -> None:
         await asyncio.to_thread(self._client.fget_object, self._bucket, key, path)

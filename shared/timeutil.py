@@ -2,8 +2,35 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+
+_HOUR = "%Y-%m-%dT%H"
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def hour_key(moment: datetime) -> str:
+    """The UTC hour ``moment`` falls in, as ``YYYY-MM-DDTHH``: sortable, and an equality an index serves."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime(_HOUR)
+
+
+def hour_keys(first: str, stop: str) -> list[str]:
+    """Every hour key from ``first`` up to, not including, ``stop``."""
+    moment = datetime.strptime(first, _HOUR).replace(tzinfo=UTC)
+    keys = []
+    while (key := hour_key(moment)) < stop:
+        keys.append(key)
+        moment += timedelta(hours=1)
+    return keys
+
+
+def previous_hour(key: str) -> str:
+    return hour_key(datetime.strptime(key, _HOUR).replace(tzinfo=UTC) - timedelta(hours=1))
+
+
+def next_hour(key: str) -> str:
+    return hour_key(datetime.strptime(key, _HOUR).replace(tzinfo=UTC) + timedelta(hours=1))

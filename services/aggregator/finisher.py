@@ -18,7 +18,7 @@ import structlog
 
 from services.aggregator.output_csv import join_results, write_output_csv
 from shared.broker import Broker
-from shared.database import Database
+from shared.database import Database, finished_fields
 from shared.locks import KeyedLocks
 from shared.messages import Progress, RequestFinished, RequestStatus, RoutingKey
 from shared.storage import Storage
@@ -48,8 +48,8 @@ class Finisher:
         """The caller holds ``self.locks`` for ``request_id``.
 
         ``counted_complete``: the progress counters already reach the total. They are incremented only after the
-        results are inserted, so they can fall short of the truth but never exceed it, and the exact count (a
-        collection scan on FerretDB) can be skipped.
+        results are inserted, so they can fall short of the truth but never exceed it, and the exact count (which
+        reads every result of the request) can be skipped.
         """
         request = await self.db.requests.find_one({"_id": request_id})
         if request is None or request["status"] not in _OPEN or not request.get("fanout_complete"):
@@ -102,7 +102,7 @@ class Finisher:
                     "bytes_in": bytes_in,
                     "bytes_out": bytes_out,
                     "updated_at": now,
-                    "finished_at": now,
+                    **finished_fields(now),
                     "outbox_pending": True,
                 }
             },

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from services.aggregator.finisher import Finisher
+from services.aggregator.retention import Retention
 from services.aggregator.sweeper import Sweeper
 from services.aggregator.tracker import ResultTracker
 from shared.broker import Broker
@@ -28,7 +29,8 @@ async def run() -> None:
     await broker.connect()
     finisher = Finisher(db, storage, broker)
     tracker = ResultTracker(db, finisher, batch_size=settings.aggregator_prefetch)
-    sweeper = Sweeper(db, broker, finisher, settings.sweep_interval, settings.stuck_after)
+    retention = Retention(db, storage, settings.retention_days) if settings.retention_days else None
+    sweeper = Sweeper(db, broker, finisher, settings.sweep_interval, settings.stuck_after, retention)
 
     async def check() -> dict[str, bool]:
         return {"broker": broker.connected, "database": await db.healthy(), "storage": await storage.healthy()}
@@ -36,7 +38,7 @@ async def run() -> None:
     health = await start_health_server(check, settings.health_host, settings.health_port)
     await broker.consume(Queue.RESULTS, ImageResult, tracker.handle, settings.aggregator_prefetch)
     sweep_task = asyncio.create_task(sweeper.run(stop))
-    log.info("aggregator_started")
+    log.info("aggregator_started", retention_days=settings.retention_days)
     await stop.wait()
     log.info("aggregator_stopping")
     await broker.stop_consuming()

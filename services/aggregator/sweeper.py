@@ -9,7 +9,9 @@
   slow costs a duplicate compression, nothing more.
 * Queued, or Processing with the fan-out incomplete, and quiet: republish ``request.accepted``; the fan-out
   resumes from its cursor (covers ingest dying between storing the request and publishing, or mid fan-out).
+* With ``PIXPRESS_RETENTION_DAYS`` set: one bounded retention pass (services/aggregator/retention.py).
 Every action is idempotent, so several aggregator replicas may sweep at once.
+Each query here is served by an index (``_id``, ``outbox_pending``, ``status``; tests/test_ferretdb_pushdown.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from services.aggregator.finisher import Finisher
+from services.aggregator.retention import Retention
 from shared.broker import Broker
 from shared.database import Database
 from shared.messages import ImageTask, RequestAccepted, RequestStatus, RoutingKey
@@ -29,13 +32,26 @@ from shared.timeutil import utcnow
 log = structlog.get_logger()
 
 
+OUTBOX_PENDING = {"outbox_pending": True}
+OPEN_REQUESTS = {"status": {"$in": [RequestStatus.QUEUED.value, RequestStatus.PROCESSING.value]}}
+
+
 class Sweeper:
-    def __init__(self, db: Database, broker: Broker, finisher: Finisher, interval: float, stuck_after: float):
+    def __init__(
+        self,
+        db: Database,
+        broker: Broker,
+        finisher: Finisher,
+        interval: float,
+        stuck_after: float,
+        retention: Retention | None = None,
+    ):
         self.db = db
         self.broker = broker
         self.finisher = finisher
         self.interval = interval
         self.stuck_after = timedelta(seconds=stuck_after)
+        self.retention = retention
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -47,13 +63,12 @@ class Sweeper:
                 await asyncio.wait_for(stop.wait(), timeout=self.interval)
 
     async def sweep_once(self) -> None:
-        async for request in self.db.requests.find({"outbox_pending": True}, projection={"_id": 1}):
+        async for request in self.db.requests.find(OUTBOX_PENDING, projection={"_id": 1}):
             log.info("sweep_republish_outbox", request_id=request["_id"])
             await self.finisher.publish_outbox(request["_id"])
         quiet_since = utcnow() - self.stuck_after
         open_requests = self.db.requests.find(
-            {"status": {"$in": [RequestStatus.QUEUED.value, RequestStatus.PROCESSING.value]}},
-            projection={"_id": 1, "fanout_complete": 1, "updated_at": 1, "images_total": 1},
+            OPEN_REQUESTS, projection={"_id": 1, "fanout_complete": 1, "updated_at": 1, "images_total": 1}
         )
         async for request in open_requests:
             request_id = request["_id"]
@@ -67,12 +82,14 @@ class Sweeper:
             await self.broker.publish(
                 RoutingKey.REQUEST_ACCEPTED, RequestAccepted(request_id=request_id), message_id=request_id
             )
+        if self.retention is not None:
+            await self.retention.run_once()
 
     async def _check_complete(self, request_id: str, images_total: int, quiet_since: datetime) -> None:
         """Probe products only when the counters say done or the request went quiet.
 
-        The probe is an indexed query on MongoDB but a scan of the whole collection on FerretDB 1.x (which pushes
-        down no filter but ``_id``), so it must not run for every open request on every sweep.
+        The probe is an indexed count, but it reads every result of the request (FerretDB counts in Go what the
+        index selected), so for a large request it is too dear to run for every open request on every sweep.
         """
         progress = await self.db.progress.find_one({"_id": request_id}) or {}
         settled = progress.get("images_done", 0) + progress.get("images_failed", 0)

@@ -1,12 +1,12 @@
 """Records each image result exactly once and notices when a request is complete.
 
 Each result is inserted into ``results`` under the deterministic id ``<request>:<row>:<index>``: the unique
-``_id`` makes a redelivered result a duplicate-key error that changes nothing. This is also the one write whose
-cost does not grow with the collection on FerretDB 1.x (an insert checks a unique index; a lookup or update by
-any filter, even ``_id``, scans the table there). Counters in ``progress`` (one small document per open
-request) give cheap progress and a cheap "maybe complete" signal; the final word is an exact count of the
-request's results, which runs only when the counters say done, when a duplicate shows up (its counter increment
-may have been lost in a crash) or from the sweeper when a request goes quiet.
+``_id`` makes a redelivered result a duplicate-key error that changes nothing, and an insert is never lost to a
+concurrent update (FerretDB 1.x does not isolate read-modify-write updates of one document). Counters in
+``progress`` (one small document per open request, written by the aggregator alone) give cheap progress and a
+cheap "maybe complete" signal; the final word is an exact count of the request's results, which reads every one
+of them, so it runs only when the counters say done, when a duplicate shows up (its counter increment may have
+been lost in a crash) or from the sweeper when a request goes quiet.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pymongo.errors import BulkWriteError
 
 from services.aggregator.batcher import Batcher
 from services.aggregator.finisher import Finisher
-from shared.database import Database
+from shared.database import Database, result_id
 from shared.messages import ImageResult
 from shared.timeutil import utcnow
 
@@ -30,7 +30,7 @@ _DUPLICATE_KEY = 11000
 
 def result_document(result: ImageResult) -> dict:
     return {
-        "_id": f"{result.request_id}:{result.row}:{result.index}",
+        "_id": result_id(result.request_id, result.row, result.index),
         "request_id": result.request_id,
         "row": result.row,
         "index": result.index,
@@ -48,7 +48,6 @@ class ResultTracker:
         self.db = db
         self.finisher = finisher
         self.batcher: Batcher[ImageResult] = Batcher(self._flush, batch_size, batch_delay)
-        self._totals: dict[str, int] = {}  # images_total of requests whose fan-out is complete (immutable)
 
     async def handle(self, result: ImageResult, _message: AbstractIncomingMessage) -> None:
         await self.batcher.submit(result)
@@ -97,15 +96,11 @@ class ResultTracker:
             await self.finisher.finish_if_complete_locked(request_id)
 
     async def _images_total(self, request_id: str) -> int | None:
-        """The request's image count once its fan-out is complete, else None (still growing)."""
-        if request_id in self._totals:
-            return self._totals[request_id]
+        """The request's image count once its fan-out is complete, else None (still growing): one ``_id`` lookup
+        per batch and request (~1 ms), so nothing is cached."""
         request = await self.db.requests.find_one(
             {"_id": request_id}, projection={"fanout_complete": 1, "images_total": 1}
         )
         if request is None or not request.get("fanout_complete"):
             return None
-        if len(self._totals) > 10_000:
-            self._totals.clear()
-        self._totals[request_id] = request.get("images_total", 0)
-        return self._totals[request_id]
+        return request.get("images_total", 0)

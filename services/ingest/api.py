@@ -14,7 +14,7 @@ from services.ingest.openapi import DOCS_PATH, OPENAPI_PATH, build_openapi
 from services.ingest.problems import problem, problem_error
 from services.ingest.records import product_view, status_view, webhook_view
 from services.ingest.upload import UploadHandler
-from shared.database import Database
+from shared.database import Database, find_by_ids, product_id, result_id
 from shared.runtime import HealthCheck, health_routes
 from shared.settings import Settings
 
@@ -79,6 +79,13 @@ class ReadViews:
         return web.json_response(body)
 
     async def products(self, request: web.Request) -> web.Response:
+        """One page of products by key: ``offset`` k means rows k+1 .. k+limit.
+
+        Rows are numbered 1..N without gaps (every data row of an accepted CSV is a product), so this is exactly
+        "skip k products", but the page is read by its ``_id`` keys (``<request>:<row>``, and ``<request>:<row>:
+        <index>`` for its results) instead of skipping through the request: the cost of a page depends on its
+        own size only, not on the offset, the request's size or the database's history.
+        """
         document = await self._load(request)
         raw_offset, raw_limit = request.query.get("offset", "0"), request.query.get("limit", "100")
         if not (_INTEGER.fullmatch(raw_offset) and _INTEGER.fullmatch(raw_limit)):  # int() also takes "1_0", " ٣"
@@ -86,18 +93,24 @@ class ReadViews:
         offset, limit = int(raw_offset), int(raw_limit)
         if not (0 <= offset <= MAX_OFFSET) or not (1 <= limit <= MAX_PAGE):
             return problem(400, "bad-paging", "Bad paging", f"0 <= offset <= {MAX_OFFSET} and 1 <= limit <= {MAX_PAGE}")
-        cursor = self.db.products.find({"request_id": document["_id"]}).sort("row", 1).skip(offset).limit(limit)
-        products = [product async for product in cursor]
-        by_row: dict[int, list[dict]] = {}
-        if products:
-            span = {"$gte": products[0]["row"], "$lte": products[-1]["row"]}
-            async for result in self.db.results.find({"request_id": document["_id"], "row": span}):
-                by_row.setdefault(result["row"], []).append(result)
-        items = [product_view(product, by_row.get(product["row"], [])) for product in products]
+        request_id = document["_id"]
         total = document.get("products_total", 0)
-        body: dict = {"request_id": document["_id"], "offset": offset, "limit": limit, "total": total, "items": items}
-        if offset + len(items) < total:
-            body["next"] = f"/requests/{document['_id']}/products?offset={offset + len(items)}&limit={limit}"
+        rows = range(offset + 1, min(offset + limit, total) + 1)
+        products = await find_by_ids(self.db.products, [product_id(request_id, row) for row in rows])
+        products.sort(key=lambda product: product["row"])
+        slots = [
+            result_id(request_id, product["row"], index)
+            for product in products
+            for index in range(len(product["input_image_urls"]))
+        ]
+        by_row: dict[int, list[dict]] = {}
+        for result in await find_by_ids(self.db.results, slots):
+            by_row.setdefault(result["row"], []).append(result)
+        items = [product_view(product, by_row.get(product["row"], [])) for product in products]
+        body: dict = {"request_id": request_id, "offset": offset, "limit": limit, "total": total, "items": items}
+        following = products[-1]["row"] if products else offset  # rows the fan-out has not stored yet come again
+        if following < total:
+            body["next"] = f"/requests/{request_id}/products?offset={following}&limit={limit}"
         return web.json_response(body)
 
     async def output_csv(self, request: web.Request) -> web.Response:

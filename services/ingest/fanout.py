@@ -21,7 +21,7 @@ from pymongo.errors import BulkWriteError
 from services.ingest.csv_parser import CsvReader, Limits, ProductRow, RowProblem
 from services.ingest.records import product_document, utcnow
 from shared.broker import Broker
-from shared.database import Database
+from shared.database import Database, finished_fields, product_id
 from shared.messages import ImageTask, Progress, RequestAccepted, RequestFinished, RequestStatus, RoutingKey
 from shared.storage import Storage
 
@@ -139,7 +139,9 @@ class FanOut:
             return
         last_row = fresh[-1].row
         tasks = (
-            ImageTask(request_id=request_id, product_id=f"{request_id}:{row.row}", row=row.row, index=index, url=url)
+            ImageTask(
+                request_id=request_id, product_id=product_id(request_id, row.row), row=row.row, index=index, url=url
+            )
             for row in fresh
             for index, url in enumerate(row.urls)
         )
@@ -159,7 +161,7 @@ class FanOut:
                     "status": RequestStatus.FAILED.value,
                     "error": reason,
                     "updated_at": now,
-                    "finished_at": now,
+                    **finished_fields(now),
                     "outbox_pending": True,
                 }
             },

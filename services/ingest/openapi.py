@@ -442,7 +442,8 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                     "requests",
                     "Product records of a request, in row order",
                     "One record per CSV data row with its input URLs, output URLs (one slot per input URL) and "
-                    "per-image errors. Products appear once the fan-out has stored them. Follow `next` to page.",
+                    "per-image errors. Products appear once the fan-out has stored them. Follow `next` to page; after "
+                    "retention (`PIXPRESS_RETENTION_DAYS`) a request and its products are gone (404).",
                     {
                         "200": _json_response("One page of products.", _ref("ProductsPage")),
                         "400": {
@@ -458,7 +459,9 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                         "name": "offset",
                         "in": "query",
                         "required": False,
-                        "description": "Products to skip.",
+                        "description": "Rows before the page: the page holds rows offset+1 .. offset+limit (rows "
+                        "are numbered 1..N without gaps, so this is the number of products skipped). Pages are read "
+                        "by row key, so any offset costs the same.",
                         "schema": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1, "default": 0},
                     },
                     {

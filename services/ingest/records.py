@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from services.ingest.csv_parser import ProductRow
+from shared.database import product_id
 from shared.messages import Progress, RequestStatus
 from shared.timeutil import utcnow
 
@@ -52,7 +53,7 @@ def new_request_document(
 
 def product_document(request_id: str, row: ProductRow) -> dict[str, Any]:
     return {
-        "_id": f"{request_id}:{row.row}",
+        "_id": product_id(request_id, row.row),
         "request_id": request_id,
         "row": row.row,
         "status": True,
