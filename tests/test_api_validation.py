@@ -28,17 +28,13 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from minio import Minio
 from pydantic import SecretStr
 from pymongo import AsyncMongoClient
 
-from services.ingest.api import build_app
-from services.ingest.upload import UploadHandler
-from shared.broker import Broker
-from shared.database import Database
 from shared.settings import Settings
-from shared.storage import Storage
+from tests.support.apps import serve_api
 from tests.support.client import API, wait_final
 from tests.support.photos import encode, photo
 from tests.support.servers import ImageHost
@@ -685,24 +681,8 @@ async def test_a_key_left_behind_by_an_upload_that_died_is_freed_after_a_minute(
 
 @pytest_asyncio.fixture(scope="module")
 async def keyed_api() -> AsyncIterator[TestClient]:
-    settings = Settings(api_key=SecretStr("s3cret-key-for-tests"))
-    db = Database(settings)
-    storage = Storage(settings)
-    broker = Broker(settings.amqp_url.get_secret_value(), settings.exchange)
-    await db.connect(wait_seconds=30)
-    await storage.ensure_bucket(wait_seconds=30)
-    await broker.connect(wait_seconds=30)
-
-    async def check() -> dict[str, bool]:
-        return {"broker": broker.connected, "database": await db.healthy(), "storage": await storage.healthy()}
-
-    app = build_app(settings, db, UploadHandler(settings, db, storage, broker), check)
-    client = TestClient(TestServer(app, host="127.0.0.1"))
-    await client.start_server()
-    yield client
-    await client.close()
-    await broker.close()
-    await db.close()
+    async with serve_api(Settings(api_key=SecretStr("s3cret-key-for-tests"))) as client:
+        yield client
 
 
 PROTECTED = [

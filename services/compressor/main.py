@@ -15,7 +15,7 @@ from shared.messages import ImageTask, Queue
 from shared.runtime import install_stop_signals, start_health_server
 from shared.settings import get_settings
 from shared.storage import Storage
-from shared.url_guard import make_resolver
+from shared.url_guard import guarded_connector
 
 
 async def run() -> None:
@@ -27,7 +27,7 @@ async def run() -> None:
     await storage.ensure_bucket()
     await broker.connect()
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout, sock_read=settings.read_timeout)
-    connector = aiohttp.TCPConnector(resolver=make_resolver(settings.allow_private_urls), limit=64)
+    connector = guarded_connector(settings.allow_private_urls, limit=64)
     executor = ThreadPoolExecutor(max_workers=settings.compressor_workers, thread_name_prefix="codec")
     async with aiohttp.ClientSession(
         timeout=timeout, connector=connector, headers={"User-Agent": "pixpress/0.1"}

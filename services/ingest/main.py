@@ -38,7 +38,9 @@ async def run() -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.api_host, settings.api_port).start()
-    limits = Limits(settings.max_rows, settings.max_urls_per_row, settings.max_url_length)
+    # the fan-out re-reads files that passed validation; the compressor guards every URL again when it fetches,
+    # so a file accepted before PIXPRESS_ALLOW_PRIVATE_URLS changed still fans out (its images then fail)
+    limits = Limits(settings.max_rows, settings.max_urls_per_row, settings.max_url_length, allow_private_urls=True)
     fanout = FanOut(db, storage, broker, limits, settings.fanout_batch)
     await broker.consume(Queue.FANOUT, RequestAccepted, fanout.handle, prefetch=1)
     log.info("ingest_started", host=settings.api_host, port=settings.api_port)

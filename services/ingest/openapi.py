@@ -178,6 +178,11 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                 "status_code": {"type": ["integer", "null"]},
                 "error": {"type": ["string", "null"]},
                 "duration_ms": {"type": "integer", "minimum": 0},
+                "refused": {
+                    "type": "boolean",
+                    "description": "The SSRF guard refused the URL (private, loopback or reserved address, or a "
+                    "spelling of one); no further attempt is made and the delivery is `dead` at once.",
+                },
             },
             "additionalProperties": False,
         },

@@ -30,7 +30,6 @@ from shared.messages import RequestAccepted, RoutingKey
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.timeutil import utcnow
-from shared.url_guard import BlockedAddressError, check_literal_host
 
 log = structlog.get_logger()
 
@@ -101,7 +100,9 @@ class UploadHandler:
         self.db = db
         self.storage = storage
         self.broker = broker
-        self.limits = Limits(settings.max_rows, settings.max_urls_per_row, settings.max_url_length)
+        self.limits = Limits(
+            settings.max_rows, settings.max_urls_per_row, settings.max_url_length, settings.allow_private_urls
+        )
 
     async def __call__(self, request: web.Request) -> web.Response:
         if not request.content_type.startswith("multipart/form-data"):
@@ -291,12 +292,7 @@ class UploadHandler:
         return sha.hexdigest(), size
 
     def _check_webhook(self, url: str) -> None:
-        reason = url_problem(url, self.settings.max_url_length)
-        if reason is None:
-            try:
-                check_literal_host(url, self.settings.allow_private_urls)
-            except BlockedAddressError as exc:
-                reason = str(exc)
+        reason = url_problem(url, self.settings.max_url_length, allow_private=self.settings.allow_private_urls)
         if reason is not None:
             raise UploadRefused(problem(400, "invalid-webhook-url", "Invalid webhook_url", reason))
 
