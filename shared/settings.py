@@ -52,7 +52,8 @@ class Settings(BaseSettings):
     # --- image fetching and processing ----------------------------------------------------------------
     allow_private_urls: bool = False
     max_image_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
-    max_image_pixels: int = Field(default=100_000_000, ge=1)
+    max_image_pixels: int = Field(default=100_000_000, ge=1, description="decoded pixels, every frame counted")
+    max_image_frames: int = Field(default=1000, ge=1, description="frames of an animated or multi-page image")
     connect_timeout: float = Field(default=5.0, gt=0)
     read_timeout: float = Field(default=20.0, gt=0)
     download_timeout: float = Field(default=60.0, gt=0)

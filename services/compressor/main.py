@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import aiohttp
 
 from services.compressor.download import DownloadLimits
+from services.compressor.frame_budget import set_pillow_backstop
 from services.compressor.worker import CompressorWorker
 from shared.broker import Broker
 from shared.logging import configure_logging
@@ -22,6 +23,7 @@ async def run() -> None:
     settings = get_settings()
     log = configure_logging("compressor", settings.log_level)
     stop = install_stop_signals()
+    set_pillow_backstop(settings.max_image_pixels)
     broker = Broker(settings.amqp_url.get_secret_value(), settings.exchange)
     storage = Storage(settings)
     await storage.ensure_bucket()
@@ -45,6 +47,7 @@ async def run() -> None:
             ),
             quality=settings.jpeg_quality,
             max_pixels=settings.max_image_pixels,
+            max_frames=settings.max_image_frames,
             max_attempts=settings.image_max_attempts,
             retry_base_ms=settings.retry_base_delay_ms,
         )
