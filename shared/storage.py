@@ -85,6 +85,9 @@ class Storage:
     async def put_stream(self, key: str, stream: BinaryIO, length: int, content_type: str) -> None:
         await asyncio.to_thread(self._client.put_object, self._bucket, key, stream, length, content_type=content_type)
 
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self._client.remove_object, self._bucket, key)
+
     async def download_to_file(self, key: str, path: str) -> None:
         await asyncio.to_thread(self._client.fget_object, self._bucket, key, path)
 

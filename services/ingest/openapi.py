@@ -395,6 +395,9 @@ def _upload_operation(settings: Settings) -> Schema:
                 "The body is not multipart/form-data, or the file is not CSV text (binary content, or sent as an "
                 "image, PDF, archive …)."
             ),
+            "409": _problem_response(
+                "Another upload with the same Idempotency-Key failed while this one ran; send it again."
+            ),
             "422": _problem_response("The Idempotency-Key was already used with a different file."),
         },
     }

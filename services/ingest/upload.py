@@ -142,6 +142,28 @@ class UploadHandler:
         validation = await self._validate(path)
         request_id = str(uuid.uuid4())
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        if idempotency_key is not None:
+            # claimed before anything is stored: an upload that loses the race for its key stores nothing
+            holder = await self._claim(idempotency_key, request_id, digest)
+            if holder is not None:
+                return self._replay(holder, digest)
+        try:
+            return await self._store(request_id, path, size, digest, validation, webhook_url, idempotency_key)
+        except BaseException:
+            if idempotency_key is not None:  # free the key at once: the client may retry with it
+                await self.db.idempotency_keys.delete_one({"_id": idempotency_key, "request_id": request_id})
+            raise
+
+    async def _store(
+        self,
+        request_id: str,
+        path: str,
+        size: int,
+        digest: str,
+        validation: Validation,
+        webhook_url: str | None,
+        idempotency_key: str | None,
+    ) -> web.Response:
         csv_key = f"uploads/{request_id}/input.csv"
         with open(path, "rb") as stream:  # noqa: ASYNC230 - opening a local temp file; the upload runs in a thread
             await self.storage.put_stream(csv_key, stream, size, "text/csv")
@@ -156,22 +178,36 @@ class UploadHandler:
             webhook_url=webhook_url,
             idempotency_key=idempotency_key,
         )
-        if idempotency_key is not None:
-            try:
-                await self.db.idempotency_keys.insert_one(
-                    {"_id": idempotency_key, "request_id": request_id, "csv_sha256": digest, "created_at": utcnow()}
-                )
-            except DuplicateKeyError:  # a concurrent upload with the same key won the race
-                previous = await self.db.idempotency_keys.find_one({"_id": idempotency_key})
-                if previous is not None:
-                    return self._replay(previous, digest)
-                raise
-        await self.db.requests.insert_one(document)
+        try:
+            await self.db.requests.insert_one(document)
+        except BaseException:
+            await self.storage.delete(csv_key)  # no request refers to it: do not leave it behind
+            raise
         await self.broker.publish(
             RoutingKey.REQUEST_ACCEPTED, RequestAccepted(request_id=request_id), message_id=request_id
         )
         log.info("upload_accepted", rows=validation.rows, urls=validation.urls, bytes=size)
         return accepted(request_id)
+
+    async def _claim(self, key: str, request_id: str, digest: str) -> dict[str, Any] | None:
+        """Record ``key`` as this upload's; when another upload holds it already, return that upload's record."""
+        try:
+            await self.db.idempotency_keys.insert_one(
+                {"_id": key, "request_id": request_id, "csv_sha256": digest, "created_at": utcnow()}
+            )
+            return None
+        except DuplicateKeyError:
+            holder = await self.db.idempotency_keys.find_one({"_id": key})
+        if holder is None:  # claimed and released again in between (that upload failed): let the client retry
+            raise UploadRefused(
+                problem(
+                    409,
+                    "idempotency-key-busy",
+                    "Idempotency-Key busy",
+                    "another upload with this Idempotency-Key just failed; send it again",
+                )
+            )
+        return holder
 
     async def _previous_use(self, key: str) -> dict[str, Any] | None:
         """The earlier upload under ``key``, if it got as far as its request record.
