@@ -35,7 +35,9 @@ async def run() -> None:
 
     upload = UploadHandler(settings, db, storage, broker)
     app = build_app(settings, db, upload, check)
-    runner = web.AppRunner(app, access_log=None)
+    # aiohttp closes a connection still short of complete headers when its keep-alive timer fires, so that timer
+    # is the header read bound; the upload handler bounds the body itself (PIXPRESS_API_BODY_TIMEOUT)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=settings.api_header_timeout)
     await runner.setup()
     await web.TCPSite(runner, settings.api_host, settings.api_port).start()
     # the fan-out re-reads files that passed validation; the compressor guards every URL again when it fetches,

@@ -27,6 +27,7 @@ from services.ingest.records import new_request_document
 from shared.broker import Broker
 from shared.database import Database
 from shared.messages import RequestAccepted, RoutingKey
+from shared.reasons import short_reason
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.timeutil import utcnow
@@ -238,9 +239,20 @@ class UploadHandler:
         return accepted(previous["request_id"], replayed=True)
 
     async def _receive(self, request: web.Request, path: str) -> tuple[str | None, str, int]:
-        """Stream the multipart body; returns (webhook_url, sha256 of the file, file size)."""
+        """Stream the multipart body; returns (webhook_url, sha256 of the file, file size).
+
+        The body must arrive within ``api_body_timeout``: a client trickling bytes cannot hold the connection.
+        """
+        limit = self.settings.api_body_timeout
         try:
-            return await self._read_parts(request, path)
+            async with asyncio.timeout(limit):
+                return await self._read_parts(request, path)
+        except TimeoutError:
+            response = problem(
+                408, "body-timeout", "Request body too slow", f"the upload body did not arrive within {limit:g} s"
+            )
+            response.force_close()
+            raise UploadRefused(response) from None
         # aiohttp's multipart reader: no boundary, boundary not found, body cut short, malformed part headers
         except (ValueError, HttpProcessingError) as exc:
             raise UploadRefused(
@@ -248,7 +260,7 @@ class UploadHandler:
                     400,
                     "malformed-multipart",
                     "Malformed multipart body",
-                    "the multipart/form-data body could not be read: " + " ".join(str(exc).split())[:300],
+                    "the multipart/form-data body could not be read: " + short_reason(str(exc)),
                 )
             ) from None
 
