@@ -11,6 +11,7 @@ from services.compressor.download import DownloadError, DownloadLimits, download
 from shared.url_guard import address_blocked, guarded_connector
 from tests.support.photos import photo_bytes
 from tests.support.servers import ImageHost
+from tests.support.spellings import LOOPBACK_SPELLINGS, spelled
 
 OPEN = DownloadLimits(max_bytes=5_000_000, max_redirects=3, total_timeout=3.0, allow_private=True)
 
@@ -99,24 +100,10 @@ def test_address_ranges(address: str, blocked: bool):
 
 # --- the guard at fetch time (issue 11): spellings of 127.0.0.1 never reach the host ------------------------
 
-SPELLINGS = {
-    "fullwidth-digits": "１２７.０.０.１",
-    "ideographic-full-stops": "127。0。0。1",
-    "fullwidth-full-stops": "127．0．0．1",
-    "short-form": "127.1",
-    "octal": "0177.0.0.1",
-    "hex": "0x7f.1",
-    "integer": "2130706433",
-    "trailing-dot": "127.0.0.1.",
-    "mapped-ipv6": "[::ffff:127.0.0.1]",
-    "circled-localhost": "ⓛⓞⓒⓐⓛⓗⓞⓢⓣ",
-}
-
-
-@pytest.mark.parametrize("host", list(SPELLINGS.values()), ids=list(SPELLINGS))
+@pytest.mark.parametrize("host", list(LOOPBACK_SPELLINGS.values()), ids=list(LOOPBACK_SPELLINGS))
 async def test_a_spelling_of_loopback_is_refused_at_once_and_never_fetched(image_host: ImageHost, host: str):
     guarded = DownloadLimits(max_bytes=1_000_000, max_redirects=3, total_timeout=3, allow_private=False)
-    url = image_host.add("a.jpg", photo_bytes("rocket.jpg")).replace("127.0.0.1", host, 1)
+    url = spelled(image_host.add("a.jpg", photo_bytes("rocket.jpg")), host)
     with pytest.raises(DownloadError) as info:
         await fetch(url, guarded)
     assert not info.value.transient, info.value.reason

@@ -28,29 +28,8 @@ from tests.support.apps import serve_api
 from tests.support.guarded import guarded_services
 from tests.support.photos import photo_bytes
 from tests.support.servers import ImageHost, WebhookReceiver
+from tests.support.spellings import FULLWIDTH, IDEOGRAPHIC, LOOPBACK_SPELLINGS, spelled
 from tests.support.stack import service_env
-
-FULLWIDTH = "１２７.０.０.１"
-IDEOGRAPHIC = "127。0。0。1"
-SPELLINGS = {
-    "fullwidth-digits": FULLWIDTH,
-    "ideographic-full-stops": IDEOGRAPHIC,
-    "fullwidth-full-stops": "127．0．0．1",
-    "short-form": "127.1",
-    "octal": "0177.0.0.1",
-    "hex": "0x7f.1",
-    "integer": "2130706433",
-    "trailing-dot": "127.0.0.1.",
-    "mapped-ipv6": "[::ffff:127.0.0.1]",
-    "localhost": "localhost",
-    "circled-localhost": "ⓛⓞⓒⓐⓛⓗⓞⓢⓣ",
-}
-
-
-def spelled(url: str, host: str) -> str:
-    """``url`` (on 127.0.0.1) with its host written as ``host``."""
-    return url.replace("127.0.0.1", host, 1)
-
 
 # --- upload: CSV cells and webhook_url, on an ingest app with the guard on -------------------------------
 
@@ -70,7 +49,7 @@ async def upload(client: TestClient, csv: str, webhook_url: str | None = None) -
         return response.status, await response.json(content_type=None)
 
 
-@pytest.mark.parametrize("host", list(SPELLINGS.values()), ids=list(SPELLINGS))
+@pytest.mark.parametrize("host", list(LOOPBACK_SPELLINGS.values()), ids=list(LOOPBACK_SPELLINGS))
 async def test_upload_refuses_an_image_url_spelling_a_private_address(guarded_api: TestClient, host: str):
     csv = f"Serial Number,Product Name,Input Image Urls\nS1,Mug {uuid.uuid4().hex},http://{host}:8999/a\n"
     status, body = await upload(guarded_api, csv)
@@ -79,7 +58,7 @@ async def test_upload_refuses_an_image_url_spelling_a_private_address(guarded_ap
     assert (error["row"], error["column"]) == (1, "Input Image Urls")
 
 
-@pytest.mark.parametrize("host", list(SPELLINGS.values()), ids=list(SPELLINGS))
+@pytest.mark.parametrize("host", list(LOOPBACK_SPELLINGS.values()), ids=list(LOOPBACK_SPELLINGS))
 async def test_upload_refuses_a_webhook_url_spelling_a_private_address(guarded_api: TestClient, host: str):
     csv = f"Serial Number,Product Name,Input Image Urls\nS1,Mug {uuid.uuid4().hex},https://img.example/a.jpg\n"
     status, body = await upload(guarded_api, csv, webhook_url=f"http://{host}:8999/hook")
