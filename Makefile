@@ -27,6 +27,8 @@ test: export PIXPRESS_RETENTION_DAYS ?= 30
 # a hanging image host fails in seconds, and its retry chain ends well inside STUCK_AFTER
 test: export PIXPRESS_READ_TIMEOUT ?= 3
 test: export PIXPRESS_DOWNLOAD_TIMEOUT ?= 5
+# a slow-body upload is cut off in 10 s, not the default 5 min (tests send their bodies in well under a second)
+test: export PIXPRESS_API_BODY_TIMEOUT ?= 10
 # smaller input limits so the limit tests send megabytes, not the 50 MiB / 1,000,000-row defaults
 test: export PIXPRESS_MAX_ROWS ?= 50000
 test: export PIXPRESS_MAX_CSV_BYTES ?= 16777216

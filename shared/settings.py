@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=5000, ge=1, le=65535)
     api_key: SecretStr | None = None
+    # a client must send its request line and headers within this long of connecting (or of its previous answer;
+    # it is also how long an idle keep-alive connection stays open): slow-header clients cannot hold connections
+    api_header_timeout: float = Field(default=15.0, gt=0)
+    # the whole upload body must arrive within this long (50 MiB at ~1.5 Mbit/s): slow-body clients are cut off
+    api_body_timeout: float = Field(default=300.0, gt=0)
 
     # --- health endpoint for the workers (ingest answers on its API port) -----------------------------
     health_host: str = "127.0.0.1"
@@ -52,7 +57,8 @@ class Settings(BaseSettings):
     # --- image fetching and processing ----------------------------------------------------------------
     allow_private_urls: bool = False
     max_image_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
-    max_image_pixels: int = Field(default=100_000_000, ge=1)
+    max_image_pixels: int = Field(default=100_000_000, ge=1, description="decoded pixels, every frame counted")
+    max_image_frames: int = Field(default=1000, ge=1, description="frames of an animated or multi-page image")
     connect_timeout: float = Field(default=5.0, gt=0)
     read_timeout: float = Field(default=20.0, gt=0)
     download_timeout: float = Field(default=60.0, gt=0)

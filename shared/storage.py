@@ -104,6 +104,9 @@ class Storage:
                 raise OSError(f"deleting {errors[0].name} failed: {errors[0].code} {errors[0].message}")
         return len(names)
 
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self._client.remove_object, self._bucket, key)
+
     async def download_to_file(self, key: str, path: str) -> None:
         await asyncio.to_thread(self._client.fget_object, self._bucket, key, path)
 

@@ -14,7 +14,9 @@ TestServer over real HTTP.
 from __future__ import annotations
 
 import asyncio
+import csv
 import hashlib
+import io
 import json
 import os
 import time
@@ -28,17 +30,13 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from minio import Minio
 from pydantic import SecretStr
 from pymongo import AsyncMongoClient
 
-from services.ingest.api import build_app
-from services.ingest.upload import UploadHandler
-from shared.broker import Broker
-from shared.database import Database
 from shared.settings import Settings
-from shared.storage import Storage
+from tests.support.apps import serve_api
 from tests.support.client import API, wait_final
 from tests.support.photos import encode, photo
 from tests.support.servers import ImageHost
@@ -147,16 +145,25 @@ async def post(
         return Answer(response.status, response.content_type, body)
 
 
-async def raw_request(headers: bytes, body: bytes) -> Answer:
-    """POST /upload over a plain socket, for bodies and headers an HTTP client library refuses to produce."""
+async def raw_request(headers: bytes, body: bytes, gate: asyncio.Event | None = None) -> Answer:
+    """POST /upload over a plain socket, for bodies and headers an HTTP client library refuses to produce.
+
+    With a ``gate``, the body's last bytes wait until it opens: many requests released at once race for real.
+    """
     parts = urlsplit(API)
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
     try:
-        writer.write(
+        request = (
             b"POST /upload HTTP/1.1\r\nHost: " + parts.netloc.encode() + b"\r\nConnection: close\r\n"
             b"Content-Length: " + str(len(body)).encode() + b"\r\n" + headers + b"\r\n" + body
         )
+        held = 4 if gate is not None else 0
+        writer.write(request[: len(request) - held])
         await writer.drain()
+        if gate is not None:
+            await gate.wait()
+            writer.write(request[-held:])
+            await writer.drain()
         raw = await asyncio.wait_for(reader.read(), timeout=30)
     finally:
         writer.close()
@@ -183,12 +190,13 @@ def _dechunk(data: bytes) -> bytes:
     return bytes(out)
 
 
-async def raw_upload(extra_headers: bytes, csv: bytes, boundary: bytes) -> Answer:
+async def raw_upload(extra_headers: bytes, csv: bytes, boundary: bytes, gate: asyncio.Event | None = None) -> Answer:
     body = (
         b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="a.csv"\r\n'
         b"Content-Type: text/csv\r\n\r\n" + csv + b"\r\n--" + boundary + b"--\r\n"
     )
-    return await raw_request(b"Content-Type: multipart/form-data; boundary=" + boundary + b"\r\n" + extra_headers, body)
+    content_type = b"Content-Type: multipart/form-data; boundary=" + boundary + b"\r\n"
+    return await raw_request(content_type + extra_headers, body, gate)
 
 
 def problem_body(answer: Answer, status: int, slug: str) -> dict[str, Any]:
@@ -287,6 +295,20 @@ async def test_columns_are_trimmed_case_insensitive_in_any_order_and_extra_colum
     assert items[0]["extra"] == {"Colour": "blue", "Stock": "42"}
     assert items[1]["extra"] == {"Colour": "red", "Stock": "7"}
     assert items[0]["input_image_urls"] == [url]
+
+
+async def test_extra_column_names_are_neutralised_in_the_output_csv_header(
+    http: aiohttp.ClientSession, photos: PhotoHost
+):
+    """Header cells come from the client as much as any other cell (issue 11): formula escaping covers them."""
+    header = f"{HEADER},=Extra,@cmd,+plus,-minus,Plain"
+    row = f"H1,Mug {uuid.uuid4().hex},{photos.url},=1+1,a,b,c,d"
+    request_id = await accepted(http, photos, csv_of(row, header=header))
+    final = await wait_final(http, request_id)
+    async with http.get(final["output_csv_url"]) as response:
+        table = list(csv.reader(io.StringIO(await response.text())))
+    assert table[0][4:] == ["'=Extra", "'@cmd", "'+plus", "'-minus", "Plain", "Errors"]
+    assert table[1][4] == "'=1+1"
 
 
 @pytest.mark.parametrize("bom", [False, True], ids=["utf8", "utf8-bom"])
@@ -658,6 +680,34 @@ async def test_same_key_same_file_returns_the_same_request_and_starts_nothing_ne
     assert await traces(mongo, minio, other, key) == {"requests": 0, "objects": 0, "requests_with_key": 1, "keys": 1}
 
 
+async def test_racing_uploads_with_one_key_store_one_file_and_one_request(
+    http: aiohttp.ClientSession, photos: PhotoHost, mongo: Any, minio: Minio
+):
+    """20 uploads with the same key at once (issue 11 saw 2 and 11 orphan CSVs): the losers store nothing."""
+    key = f"race-{uuid.uuid4()}"
+    same = csv_of(unique_row("R1", photos.url)).encode()
+    other = csv_of(unique_row("R1", photos.url)).encode()
+    gate = asyncio.Event()
+    uploads = [
+        asyncio.create_task(raw_upload(f"Idempotency-Key: {key}\r\n".encode(), body, b"r4ce", gate))
+        for body in [same] * 14 + [other] * 6
+    ]
+    await asyncio.sleep(0.5)  # every request is in, short of its last bytes
+    gate.set()
+    answers = await asyncio.gather(*uploads)
+    assert {answer.status for answer in answers} <= {200, 422}, [a.body for a in answers]
+    ids = {answer.body["request_id"] for answer in answers if answer.status == 200}
+    assert len(ids) == 1, ids
+    photos.accepted.extend(ids)
+    found = {
+        "same": await traces(mongo, minio, same, key),
+        "other": await traces(mongo, minio, other, key),
+    }
+    stored = found["same"]["objects"] + found["other"]["objects"]
+    requests = found["same"]["requests"] + found["other"]["requests"]
+    assert (stored, requests, found["same"]["keys"]) == (1, 1, 1), found
+
+
 async def test_a_key_left_behind_by_an_upload_that_died_is_freed_after_a_minute(
     http: aiohttp.ClientSession, photos: PhotoHost, mongo: Any
 ):
@@ -685,24 +735,8 @@ async def test_a_key_left_behind_by_an_upload_that_died_is_freed_after_a_minute(
 
 @pytest_asyncio.fixture(scope="module")
 async def keyed_api() -> AsyncIterator[TestClient]:
-    settings = Settings(api_key=SecretStr("s3cret-key-for-tests"))
-    db = Database(settings)
-    storage = Storage(settings)
-    broker = Broker(settings.amqp_url.get_secret_value(), settings.exchange)
-    await db.connect(wait_seconds=30)
-    await storage.ensure_bucket(wait_seconds=30)
-    await broker.connect(wait_seconds=30)
-
-    async def check() -> dict[str, bool]:
-        return {"broker": broker.connected, "database": await db.healthy(), "storage": await storage.healthy()}
-
-    app = build_app(settings, db, UploadHandler(settings, db, storage, broker), check)
-    client = TestClient(TestServer(app, host="127.0.0.1"))
-    await client.start_server()
-    yield client
-    await client.close()
-    await broker.close()
-    await db.close()
+    async with serve_api(Settings(api_key=SecretStr("s3cret-key-for-tests"))) as client:
+        yield client
 
 
 PROTECTED = [
@@ -736,14 +770,26 @@ async def test_right_api_key_reaches_the_handlers(keyed_api: TestClient, mongo: 
     assert await traces(mongo, minio, data) == {"requests": 0, "objects": 0}
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/openapi.json", "/docs"])
-async def test_health_and_docs_are_open_without_a_key(keyed_api: TestClient, path: str):
+async def test_health_is_open_without_a_key(keyed_api: TestClient):
+    async with keyed_api.get("/healthz") as response:
+        assert response.status == 200, await response.text()
+
+
+@pytest.mark.parametrize("path", ["/openapi.json", "/docs"])
+async def test_openapi_and_docs_need_the_key_too(keyed_api: TestClient, path: str):
+    """They describe every route and limit; the README promised every route but /healthz is protected (issue 11)."""
     async with keyed_api.get(path) as response:
+        assert response.status == 401
+        assert response.content_type == PROBLEM_JSON
+        if path == "/docs":  # a browser cannot add the header: the refusal says how to read the page anyway
+            assert "curl -H 'X-API-Key" in (await response.json(content_type=None))["detail"]
+    async with keyed_api.get(path, headers={"X-API-Key": "s3cret-key-for-tests"}) as response:
         assert response.status == 200, await response.text()
         if path == "/openapi.json":
             spec = await response.json()
             assert spec["security"] == [{"ApiKey": []}]
             assert "401" in spec["paths"]["/upload"]["post"]["responses"]
+            assert "401" in spec["paths"]["/openapi.json"]["get"]["responses"]
             assert "401" not in spec["paths"]["/healthz"]["get"]["responses"]
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+import resource
 
 import pytest
-from PIL import Image, ImageChops, ImageCms, ImageStat
+from PIL import Image, ImageChops, ImageCms, ImageSequence, ImageStat
 
 from services.compressor.compress import ImageRejected, compress
+from services.compressor.frame_budget import count_pixels
+from tests.support import bombs
 from tests.support.photos import encode, photo, photo_as_jpeg, photo_bytes, reference_quantization
 
 
@@ -132,3 +135,67 @@ def test_decompression_bomb_is_rejected_before_decoding():
     assert len(bomb) < 2_000_000
     with pytest.raises(ImageRejected, match="pixel limit"):
         compress(bomb, max_pixels=100_000_000)
+
+
+# --- multi-frame bombs and codec failures (issue 11): every frame counted before anything is decoded ------
+
+
+@pytest.mark.parametrize(
+    "build",
+    [bombs.tiff_with_huge_second_page, bombs.mpo_with_huge_second_frame, bombs.gif_with_a_frame_larger_than_its_screen],
+    ids=["tiff-page-2", "mpo-frame-2", "gif-frame-beyond-screen"],
+)
+def test_a_huge_later_frame_is_refused_before_decoding(build):
+    data = build()
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ImageRejected, match="pixel limit"):
+        compress(data, max_pixels=100_000_000)
+    # ru_maxrss is in KiB; decoding the frame would have added hundreds of MiB
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 100 * 1024
+
+
+def test_frames_are_summed_not_just_counted():
+    """Ten 100x100 frames are 100,000 pixels: refused under a 99,999 limit, accepted at 100,000."""
+    frames = [Image.new("RGB", (100, 100), (i * 20, 0, 0)) for i in range(10)]
+    data = encode(frames[0], "PNG", save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageRejected, match="over the 99999 pixel limit"):
+        compress(data, max_pixels=99_999)
+    assert compress(data, max_pixels=100_000).format == "WEBP"
+
+
+def test_the_frame_limit_is_checked_before_decoding():
+    frames = [Image.new("RGB", (2, 2), (i, 0, 0)) for i in range(12)]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageRejected, match="more than 10 frames"):
+        compress(data, max_frames=10)
+
+
+def test_gif_frame_sizes_read_from_the_bytes_match_what_pillow_decodes():
+    """The GIF descriptor walk is hand-written; it must agree with Pillow's canvas, frame by frame."""
+    source = photo_bytes("no_time_for_that_tiny.gif")
+    with Image.open(io.BytesIO(source)) as image:
+        decoded = [frame.size for frame in ImageSequence.Iterator(image)]
+    with Image.open(io.BytesIO(source)) as image:
+        counted = count_pixels(image, source, max_pixels=10**12, max_frames=10**6)
+    assert counted.frames == len(decoded)
+    assert counted.pixels == sum(w * h for w, h in decoded)
+
+
+def test_a_multi_page_tiff_within_the_limit_still_compresses():
+    pages = [photo(name).convert("RGB").resize((60, 40)) for name in ("coffee.png", "rocket.jpg")]
+    data = encode(pages[0], "TIFF", save_all=True, append_images=pages[1:])
+    assert compress(data).format == "WEBP"
+
+
+def test_pages_of_different_sizes_fail_with_the_encoders_reason():
+    """Animated WebP frames share one canvas size; such a TIFF is refused on the first try, not crash-looped."""
+    pages = [photo("coffee.png").convert("RGB").resize((60, 40)), photo("rocket.jpg").convert("RGB").resize((30, 20))]
+    data = encode(pages[0], "TIFF", save_all=True, append_images=pages[1:])
+    with pytest.raises(ImageRejected, match="Invalid frame dimensions"):
+        compress(data)
+
+
+def test_a_codec_failure_is_a_rejection_with_a_reason_not_a_crash():
+    """The animated WebP this GIF must become is wider than WebP allows; Pillow raises RuntimeError."""
+    with pytest.raises(ImageRejected, match=r"codec failed.*RuntimeError"):
+        compress(bombs.animated_gif_too_wide_for_webp())

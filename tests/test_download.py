@@ -8,15 +8,16 @@ import aiohttp
 import pytest
 
 from services.compressor.download import DownloadError, DownloadLimits, download
-from shared.url_guard import address_blocked, make_resolver
+from shared.url_guard import address_blocked, guarded_connector
 from tests.support.photos import photo_bytes
 from tests.support.servers import ImageHost
+from tests.support.spellings import LOOPBACK_SPELLINGS, spelled
 
 OPEN = DownloadLimits(max_bytes=5_000_000, max_redirects=3, total_timeout=3.0, allow_private=True)
 
 
 async def fetch(url: str, limits: DownloadLimits = OPEN) -> bytes:
-    connector = aiohttp.TCPConnector(resolver=make_resolver(limits.allow_private))
+    connector = guarded_connector(limits.allow_private)
     timeout = aiohttp.ClientTimeout(sock_connect=1.0, sock_read=2.0)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         return await download(session, url, limits)
@@ -95,3 +96,26 @@ async def test_private_addresses_are_refused_when_the_guard_is_on(image_host: Im
 )
 def test_address_ranges(address: str, blocked: bool):
     assert address_blocked(address) is blocked
+
+
+# --- the guard at fetch time (issue 11): spellings of 127.0.0.1 never reach the host ------------------------
+
+@pytest.mark.parametrize("host", list(LOOPBACK_SPELLINGS.values()), ids=list(LOOPBACK_SPELLINGS))
+async def test_a_spelling_of_loopback_is_refused_at_once_and_never_fetched(image_host: ImageHost, host: str):
+    guarded = DownloadLimits(max_bytes=1_000_000, max_redirects=3, total_timeout=3, allow_private=False)
+    url = spelled(image_host.add("a.jpg", photo_bytes("rocket.jpg")), host)
+    with pytest.raises(DownloadError) as info:
+        await fetch(url, guarded)
+    assert not info.value.transient, info.value.reason
+    assert image_host.hits["a.jpg"] == 0
+
+
+async def test_the_socket_factory_refuses_an_ip_literal_the_url_check_never_saw(image_host: ImageHost):
+    """The connect-time backstop on its own: aiohttp connects to IP literals without asking the resolver."""
+    url = image_host.add("a.jpg", photo_bytes("rocket.jpg"))
+    async with aiohttp.ClientSession(connector=guarded_connector(False)) as session:
+        with pytest.raises(aiohttp.ClientConnectorError) as info:
+            async with session.get(url):
+                pass
+    assert "not allowed" in str(info.value.os_error)
+    assert image_host.hits["a.jpg"] == 0

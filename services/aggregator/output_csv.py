@@ -34,7 +34,8 @@ class Slots:
 
 
 def output_header(extra_columns: list[str]) -> list[str]:
-    return [SERIAL, NAME, INPUT_URLS, OUTPUT_URLS, *extra_columns, ERRORS]
+    """Extra column names come from the client's CSV like any cell, so they are neutralised like any cell."""
+    return [SERIAL, NAME, INPUT_URLS, OUTPUT_URLS, *(neutralise(name) for name in extra_columns), ERRORS]
 
 
 def output_row(product: dict[str, Any], slots: Slots, extra_columns: list[str]) -> list[str]:

@@ -14,13 +14,19 @@ Policy, in one place:
 from __future__ import annotations
 
 import io
-import warnings
+import re
+import struct
 from dataclasses import dataclass
 
 from PIL import Image, ImageCms, ImageFile, ImageOps, ImageSequence, UnidentifiedImageError
 
+from services.compressor.frame_budget import count_pixels, set_pillow_backstop
+
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-Image.MAX_IMAGE_PIXELS = None  # we enforce our own, clearer, per-request budget below
+DEFAULT_MAX_PIXELS = 100_000_000
+DEFAULT_MAX_FRAMES = 1000
+# our budget (frame_budget.count_pixels) decides first and says why; Pillow's bomb check is the backstop
+set_pillow_backstop(DEFAULT_MAX_PIXELS)
 
 _LOSSY_KEEP = {"JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WEBP"}
 _ACCEPTED = {"JPEG", "MPO", "WEBP", "PNG", "GIF", "BMP", "TIFF"}
@@ -47,34 +53,68 @@ class Compressed:
         return "image/jpeg" if self.format == "JPEG" else "image/webp"
 
 
-def compress(data: bytes, *, quality: int = 50, max_pixels: int = 100_000_000) -> Compressed:
-    """Decode ``data`` fully and re-encode it; raises :class:`ImageRejected` with a human reason."""
+def compress(
+    data: bytes,
+    *,
+    quality: int = 50,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_frames: int = DEFAULT_MAX_FRAMES,
+) -> Compressed:
+    """Decode ``data`` fully and re-encode it; raises :class:`ImageRejected` with a human reason.
+
+    Whatever the bytes make the codec do (a bomb, a codec error, running out of memory) ends as
+    :class:`ImageRejected` on the first try: the same bytes would fail the same way on every redelivery.
+    """
     if not data:
         raise ImageRejected("empty body (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            source = Image.open(io.BytesIO(data))
+        source = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageRejected("not an image (no decoder recognises the bytes)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageRejected(f"cannot read image header: {exc}") from None
+    except Exception as exc:  # whatever a header makes Pillow raise fails this image
+        raise _rejection(exc, max_pixels, reading="header") from None
     with source:
         fmt = source.format or ""
         if fmt not in _ACCEPTED:
             raise ImageRejected(f"unsupported image format {fmt or 'unknown'}")
-        width, height = source.size
-        frames = getattr(source, "n_frames", 1) or 1
-        if width * height * frames > max_pixels:
-            raise ImageRejected(f"image is {width}x{height} with {frames} frame(s), over the {max_pixels} pixel limit")
         try:
-            if frames > 1:
+            _check_budget(source, data, max_pixels, max_frames)
+            if (getattr(source, "n_frames", 1) or 1) > 1:
                 return _animated(source, quality)
             return _still(source, fmt, quality)
         except ImageRejected:
             raise
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise ImageRejected(f"image data is corrupt or truncated: {exc}") from None
+        except Exception as exc:  # see the docstring
+            raise _rejection(exc, max_pixels, reading="data") from None
+
+
+def _check_budget(source: Image.Image, data: bytes, max_pixels: int, max_frames: int) -> None:
+    """Refuse before decoding anything when the frames together would exceed the limits."""
+    count = count_pixels(source, data, max_pixels, max_frames)
+    if count.frames > max_frames:
+        raise ImageRejected(f"image has more than {max_frames} frames (the frame limit)")
+    if count.pixels > max_pixels:
+        width, height = count.largest
+        frames = f"{count.frames}{'' if count.complete else '+'} frame(s)"
+        raise ImageRejected(
+            f"image has {frames} of up to {width}x{height} totalling {'at least ' if not count.complete else ''}"
+            f"{count.pixels} pixels, over the {max_pixels} pixel limit"
+        )
+
+
+def _rejection(exc: Exception, max_pixels: int, reading: str) -> ImageRejected:
+    """The reason a client reads for what the codec raised."""
+    if isinstance(exc, Image.DecompressionBombError):  # Pillow's backstop: it names the pixels, not the size
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"of {found.group(1)} pixels, " if found else ""
+        return ImageRejected(f"image has a frame {size}over the {max_pixels} pixel limit")
+    if isinstance(exc, MemoryError):
+        return ImageRejected("decoding needs more memory than the compressor has")
+    if isinstance(exc, (OSError, SyntaxError, ValueError, EOFError, struct.error)):
+        if reading == "header":
+            return ImageRejected(f"cannot read image header: {exc}")
+        return ImageRejected(f"image data is corrupt or truncated: {exc}")
+    return ImageRejected(f"the image codec failed on this file ({type(exc).__name__}: {exc})")
 
 
 def _still(source: Image.Image, fmt: str, quality: int) -> Compressed:

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from urllib.parse import urljoin
 
 import aiohttp
+from yarl import URL
 
-from shared.url_guard import BlockedAddressError, check_literal_host
+from shared.reasons import describe_client_error
+from shared.url_guard import BlockedAddressError, check_url, refusal_behind
 
 _REDIRECTS = {301, 302, 303, 307, 308}
 
@@ -33,15 +35,6 @@ class DownloadLimits:
     allow_private: bool
 
 
-def _blocked_cause(exc: BaseException) -> BlockedAddressError | None:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, BlockedAddressError):
-            return seen
-        seen = getattr(seen, "os_error", None) or seen.__cause__ or seen.__context__
-    return None
-
-
 async def download(session: aiohttp.ClientSession, url: str, limits: DownloadLimits) -> bytes:
     """Return the body of ``url`` or raise :class:`DownloadError`; never reads more than ``max_bytes``."""
     try:
@@ -61,12 +54,12 @@ async def download(session: aiohttp.ClientSession, url: str, limits: DownloadLim
     except DownloadError:
         raise
     except aiohttp.ClientError as exc:
-        blocked = _blocked_cause(exc)
+        blocked = refusal_behind(exc)
         if blocked is not None:
             raise DownloadError(str(blocked), transient=False) from None
         if isinstance(exc, aiohttp.InvalidURL):
-            raise DownloadError(f"invalid URL: {exc}", transient=False) from None
-        raise DownloadError(f"connection failed: {type(exc).__name__}: {exc}"[:300], transient=True) from None
+            raise DownloadError("invalid URL", transient=False) from None
+        raise DownloadError(describe_client_error(exc, "image host"), transient=True) from None
     except BlockedAddressError as exc:
         raise DownloadError(str(exc), transient=False) from None
 
@@ -76,16 +69,22 @@ def _seconds(value: float | None) -> str:
 
 
 async def _follow(session: aiohttp.ClientSession, url: str, limits: DownloadLimits) -> bytes:
+    target: URL = check_url(url, limits.allow_private)
     for _hop in range(limits.max_redirects + 1):
-        check_literal_host(url, limits.allow_private)
-        async with session.get(url, allow_redirects=False) as response:
+        # the URL object the guard decided on is the one aiohttp connects with: no second parse
+        async with session.get(target, allow_redirects=False) as response:
             if response.status in _REDIRECTS:
                 location = response.headers.get("Location")
                 if not location:
                     raise DownloadError(f"HTTP {response.status} without a Location header", transient=False)
-                url = urljoin(url, location)
-                if not url.lower().startswith(("http://", "https://")):
+                # joined as text, so the guard sees the host as the Location header wrote it (non-ASCII included)
+                absolute = urljoin(str(target), location)
+                if not absolute.lower().startswith(("http://", "https://")):
                     raise DownloadError("redirect to a non-http(s) URL", transient=False)
+                try:
+                    target = check_url(absolute, limits.allow_private)
+                except BlockedAddressError as exc:
+                    raise DownloadError(f"redirect refused: {exc}", transient=False) from None
                 continue
             _raise_for_status(response.status)
             return await _read_limited(response, limits.max_bytes)

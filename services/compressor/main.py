@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import aiohttp
 
 from services.compressor.download import DownloadLimits
+from services.compressor.frame_budget import set_pillow_backstop
 from services.compressor.worker import CompressorWorker
 from shared.broker import Broker
 from shared.logging import configure_logging
@@ -15,19 +16,20 @@ from shared.messages import ImageTask, Queue
 from shared.runtime import install_stop_signals, start_health_server
 from shared.settings import get_settings
 from shared.storage import Storage
-from shared.url_guard import make_resolver
+from shared.url_guard import guarded_connector
 
 
 async def run() -> None:
     settings = get_settings()
     log = configure_logging("compressor", settings.log_level)
     stop = install_stop_signals()
+    set_pillow_backstop(settings.max_image_pixels)
     broker = Broker(settings.amqp_url.get_secret_value(), settings.exchange)
     storage = Storage(settings)
     await storage.ensure_bucket()
     await broker.connect()
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout, sock_read=settings.read_timeout)
-    connector = aiohttp.TCPConnector(resolver=make_resolver(settings.allow_private_urls), limit=64)
+    connector = guarded_connector(settings.allow_private_urls, limit=64)
     executor = ThreadPoolExecutor(max_workers=settings.compressor_workers, thread_name_prefix="codec")
     async with aiohttp.ClientSession(
         timeout=timeout, connector=connector, headers={"User-Agent": "pixpress/0.1"}
@@ -45,6 +47,7 @@ async def run() -> None:
             ),
             quality=settings.jpeg_quality,
             max_pixels=settings.max_image_pixels,
+            max_frames=settings.max_image_frames,
             max_attempts=settings.image_max_attempts,
             retry_base_ms=settings.retry_base_delay_ms,
         )

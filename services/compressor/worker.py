@@ -15,6 +15,7 @@ from services.compressor.compress import Compressed, ImageRejected, compress
 from services.compressor.download import DownloadError, DownloadLimits, download
 from shared.broker import DELIVERY_LIMIT, Broker, delivery_count
 from shared.messages import ImageResult, ImageTask, RoutingKey
+from shared.reasons import short_reason
 from shared.storage import Storage
 
 log = structlog.get_logger()
@@ -40,6 +41,7 @@ class CompressorWorker:
     limits: DownloadLimits
     quality: int
     max_pixels: int
+    max_frames: int
     max_attempts: int
     retry_base_ms: int
 
@@ -90,7 +92,7 @@ class CompressorWorker:
         loop = asyncio.get_running_loop()
         try:
             result: Compressed = await loop.run_in_executor(
-                self.executor, _compress_job, data, self.quality, self.max_pixels
+                self.executor, _compress_job, data, self.quality, self.max_pixels, self.max_frames
             )
         except ImageRejected as exc:
             # bytes_in counts compressed images only: a rejected download saved nothing, and counting it
@@ -115,6 +117,7 @@ class CompressorWorker:
         log.info("image_done", bytes_in=len(data), bytes_out=len(result.data), format=result.format)
 
     async def _fail(self, task: ImageTask, reason: str, bytes_in: int) -> None:
+        reason = short_reason(reason)  # it may quote a remote server or the file: one printable line, no markup
         log.info("image_failed", reason=reason)
         await self.broker.publish(
             RoutingKey.IMAGE_DONE,
@@ -124,11 +127,11 @@ class CompressorWorker:
                 row=task.row,
                 index=task.index,
                 ok=False,
-                error=reason[:500],
+                error=reason,
                 bytes_in=bytes_in,
             ),
         )
 
 
-def _compress_job(data: bytes, quality: int, max_pixels: int) -> Compressed:
-    return compress(data, quality=quality, max_pixels=max_pixels)
+def _compress_job(data: bytes, quality: int, max_pixels: int, max_frames: int) -> Compressed:
+    return compress(data, quality=quality, max_pixels=max_pixels, max_frames=max_frames)

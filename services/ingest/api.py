@@ -11,23 +11,26 @@ from aiohttp import web
 
 from services.ingest.docs_page import render_docs
 from services.ingest.openapi import DOCS_PATH, OPENAPI_PATH, build_openapi
-from services.ingest.problems import problem, problem_error
+from services.ingest.problems import Handler, problem, problem_error, problem_middleware
 from services.ingest.records import product_view, status_view, webhook_view
 from services.ingest.upload import UploadHandler
 from shared.database import Database, find_by_ids, product_id, result_id
 from shared.runtime import HealthCheck, health_routes
 from shared.settings import Settings
 
-_OPEN_PATHS = frozenset({"/healthz", OPENAPI_PATH, DOCS_PATH})  # the docs say how to get a key, so they are open
+# the documents describe every route and limit, so they need the key too; only the health probe is open
+_OPEN_PATHS = frozenset({"/healthz"})
+_DOCS_HINT = (
+    "a valid X-API-Key header is required; a browser cannot send one by itself: "
+    f"curl -H 'X-API-Key: ...' <server>{DOCS_PATH} > pixpress-docs.html, then open the file"
+)
 MAX_PAGE = 500
 _INTEGER = re.compile(r"-?[0-9]{1,19}")
 MAX_OFFSET = 2**31 - 1  # larger skips overflow MongoDB's 64-bit integers (a 500); no request has that many rows
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
 def api_key_middleware(settings: Settings) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """With ``PIXPRESS_API_KEY`` set every route but the health check needs ``X-API-Key``; unset, all is open."""
+    """With ``PIXPRESS_API_KEY`` set every route but the health check needs ``X-API-Key`` (the OpenAPI document
+    and ``/docs`` included); unset, all is open."""
     expected = settings.api_key.get_secret_value().encode() if settings.api_key else None
 
     @web.middleware
@@ -35,7 +38,8 @@ def api_key_middleware(settings: Settings) -> Callable[[web.Request, Handler], A
         if expected is not None and request.path not in _OPEN_PATHS:
             given = request.headers.get("X-API-Key", "").encode()
             if not hmac.compare_digest(given, expected):
-                return problem(401, "unauthorized", "Unauthorized", "a valid X-API-Key header is required")
+                detail = _DOCS_HINT if request.path == DOCS_PATH else "a valid X-API-Key header is required"
+                return problem(401, "unauthorized", "Unauthorized", detail)
         return await handler(request)
 
     return middleware
@@ -141,7 +145,9 @@ def docs_routes(settings: Settings) -> list[web.RouteDef]:
 
 
 def build_app(settings: Settings, db: Database, upload: UploadHandler, check: HealthCheck) -> web.Application:
-    app = web.Application(middlewares=[api_key_middleware(settings)], client_max_size=settings.max_csv_bytes + 65536)
+    app = web.Application(
+        middlewares=[problem_middleware, api_key_middleware(settings)], client_max_size=settings.max_csv_bytes + 65536
+    )
     views = ReadViews(db)
     app.add_routes(
         [

@@ -15,6 +15,7 @@ from typing import TextIO
 from urllib.parse import urlsplit
 
 from shared.csv_format import INPUT_URLS, NAME, REQUIRED_COLUMNS, SERIAL, canonical_column
+from shared.url_guard import BlockedAddressError, check_url, plain_name_needs_no_check
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
@@ -22,9 +23,12 @@ csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 # search instead of two Python-level loops over every character: the hot spot of validating a large upload
 _SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f]")
 # the common case, checked without urlsplit: http(s), a plain host name, an optional port, any path. Every URL
-# this matches is one url_problem() accepts anyway; everything else (user info, IPv6, odd hosts) takes the
-# full path below, so the fast path changes speed, never the verdict.
-_PLAIN_HTTP_URL = re.compile(r"(?i)https?://[a-z0-9][a-z0-9.-]*(?::([1-9][0-9]{0,4}))?(?:[/?#].*)?", re.DOTALL)
+# this matches is one url_problem() accepts anyway (when the SSRF guard also has nothing to say about its host:
+# plain_name_needs_no_check); everything else (user info, IPv6, odd hosts) takes the full path below, so the
+# fast path changes speed, never the verdict (tests/test_url_guard.py checks that on generated URLs).
+_PLAIN_HTTP_URL = re.compile(
+    r"(?i)https?://([a-z0-9][a-z0-9.-]*)(?::([1-9][0-9]{0,4}))?(?:[/?#].*)?", re.DOTALL
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +57,9 @@ class Limits:
     max_rows: int
     max_urls_per_row: int
     max_url_length: int
+    # False: refuse URLs whose host the SSRF guard refuses without DNS (private IP literals, non-canonical or
+    # non-ASCII spellings of addresses, localhost); names are checked when the compressor resolves them
+    allow_private_urls: bool = False
 
 
 class HeaderError(ValueError):
@@ -63,14 +70,18 @@ class HeaderError(ValueError):
         self.problems = problems
 
 
-def url_problem(url: str, max_length: int) -> str | None:
-    """Why a URL cell entry is not an absolute http(s) URL, or None when it is."""
+def url_problem(url: str, max_length: int, *, allow_private: bool = False) -> str | None:
+    """Why a URL (a CSV cell entry or a webhook) is not an absolute http(s) URL pixpress may fetch, or None."""
     if len(url) > max_length:
         return f"URL longer than {max_length} characters"
     if _SPACE_OR_CONTROL.search(url):
         return f"URL contains whitespace or control characters: {url[:80]!r}"
     plain = _PLAIN_HTTP_URL.fullmatch(url)
-    if plain and (plain.group(1) is None or int(plain.group(1)) <= 65535):
+    if (
+        plain
+        and (plain.group(2) is None or int(plain.group(2)) <= 65535)
+        and (allow_private or plain_name_needs_no_check(plain.group(1)))
+    ):
         return None
     try:
         parts = urlsplit(url)
@@ -85,6 +96,10 @@ def url_problem(url: str, max_length: int) -> str | None:
         return f"URL has no host: {url[:80]!r}"
     if port == 0:
         return f"URL has an invalid port: {url[:80]!r}"
+    try:
+        check_url(url, allow_private)
+    except BlockedAddressError as exc:
+        return f"{exc}: {url[:80]!r}"
     return None
 
 
@@ -172,7 +187,7 @@ class CsvReader:
                 RowProblem(number, INPUT_URLS, f"{len(urls)} URLs; at most {limits.max_urls_per_row} per row")
             )
         for url in urls:
-            reason = url_problem(url, limits.max_url_length)
+            reason = url_problem(url, limits.max_url_length, allow_private=limits.allow_private_urls)
             if reason:
                 problems.append(RowProblem(number, INPUT_URLS, reason))
         if problems:

@@ -35,10 +35,14 @@ async def run() -> None:
 
     upload = UploadHandler(settings, db, storage, broker)
     app = build_app(settings, db, upload, check)
-    runner = web.AppRunner(app, access_log=None)
+    # aiohttp closes a connection still short of complete headers when its keep-alive timer fires, so that timer
+    # is the header read bound; the upload handler bounds the body itself (PIXPRESS_API_BODY_TIMEOUT)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=settings.api_header_timeout)
     await runner.setup()
     await web.TCPSite(runner, settings.api_host, settings.api_port).start()
-    limits = Limits(settings.max_rows, settings.max_urls_per_row, settings.max_url_length)
+    # the fan-out re-reads files that passed validation; the compressor guards every URL again when it fetches,
+    # so a file accepted before PIXPRESS_ALLOW_PRIVATE_URLS changed still fans out (its images then fail)
+    limits = Limits(settings.max_rows, settings.max_urls_per_row, settings.max_url_length, allow_private_urls=True)
     fanout = FanOut(db, storage, broker, limits, settings.fanout_batch)
     await broker.consume(Queue.FANOUT, RequestAccepted, fanout.handle, prefetch=1)
     log.info("ingest_started", host=settings.api_host, port=settings.api_port)

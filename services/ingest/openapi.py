@@ -178,6 +178,11 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                 "status_code": {"type": ["integer", "null"]},
                 "error": {"type": ["string", "null"]},
                 "duration_ms": {"type": "integer", "minimum": 0},
+                "refused": {
+                    "type": "boolean",
+                    "description": "The SSRF guard refused the URL (private, loopback or reserved address, or a "
+                    "spelling of one); no further attempt is made and the delivery is `dead` at once.",
+                },
             },
             "additionalProperties": False,
         },
@@ -390,6 +395,10 @@ def _upload_operation(settings: Settings) -> Schema:
                 "The body is not multipart/form-data, or the file is not CSV text (binary content, or sent as an "
                 "image, PDF, archive …)."
             ),
+            "408": _problem_response("The upload body did not arrive within `PIXPRESS_API_BODY_TIMEOUT`."),
+            "409": _problem_response(
+                "Another upload with the same Idempotency-Key failed while this one ran; send it again."
+            ),
             "422": _problem_response("The Idempotency-Key was already used with a different file."),
         },
     }
@@ -519,10 +528,9 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                     "openapi",
                     "operations",
                     "This OpenAPI document",
-                    "Never needs an API key.",
+                    "Needs the API key when the server has one, like every route but `/healthz`.",
                     {"200": _json_response("OpenAPI 3.1 document.", {"type": "object"})},
                 ),
-                "security": [],
             }
         },
         DOCS_PATH: {
@@ -531,10 +539,10 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                     "docs",
                     "operations",
                     "Human-readable API documentation",
-                    "This document rendered as one self-contained HTML page. Never needs an API key.",
+                    "This document rendered as one self-contained HTML page. Needs the API key when the server "
+                    "has one (a browser cannot send `X-API-Key` by itself: save it with curl and open the file).",
                     {"200": {"description": "HTML page.", "content": {"text/html": {"schema": {"type": "string"}}}}},
                 ),
-                "security": [],
             }
         },
     }

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Awaitable, Callable, Sequence
 
+import structlog
 from aiohttp import web
 
 PROBLEM_TYPE_BASE = "https://pixpress.dev/problems/"
+PROBLEM_JSON = "application/problem+json"
+_KEPT_HEADERS = ("Allow",)  # what a 405 must still say
+
+log = structlog.get_logger()
 
 
 def problem(
@@ -21,7 +27,7 @@ def problem(
     return web.json_response(
         problem_body(status, slug, title, detail, errors, **extra),
         status=status,
-        content_type="application/problem+json",
+        content_type=PROBLEM_JSON,
     )
 
 
@@ -30,7 +36,7 @@ def problem_error(
 ) -> web.HTTPError:
     """The same body as an exception, for code that must abort a handler from a helper."""
     body = problem_body(error_class.status_code, slug, title, detail, **extra)
-    return error_class(text=json.dumps(body), content_type="application/problem+json")
+    return error_class(text=json.dumps(body), content_type=PROBLEM_JSON)
 
 
 def problem_body(
@@ -51,3 +57,42 @@ def problem_body(
         body["errors"] = list(errors)
     body.update(extra)
     return body
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refusals aiohttp makes itself (no route: 404, wrong method: 405, body over ``client_max_size``: 413) and
+    unexpected errors (500) answer problem+json like every refusal of ours, not aiohttp's ``text/plain``.
+
+    Errors of the HTTP parser itself (a malformed request line) are answered before any middleware runs and
+    stay aiohttp's plain 400.
+    """
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == PROBLEM_JSON:
+            raise
+        detail = _DETAILS.get(exc.status, exc.reason)
+        if exc.status == 405 and "Allow" in exc.headers:
+            detail = f"{request.method} is not allowed here; allowed: {exc.headers['Allow']}"
+        response = problem(exc.status, _slug(exc.reason), exc.reason, detail)
+        for name in _KEPT_HEADERS:
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
+        return response
+    except Exception:
+        log.exception("request_failed", path=request.path)
+        return problem(500, "internal-error", "Internal Server Error", "the server failed; the error is logged")
+
+
+_DETAILS = {
+    404: "no such route; see /docs",
+    413: "the request body is larger than this route accepts",
+}
+
+
+def _slug(reason: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", reason.lower()).strip("-")

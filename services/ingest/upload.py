@@ -27,10 +27,10 @@ from services.ingest.records import new_request_document
 from shared.broker import Broker
 from shared.database import Database
 from shared.messages import RequestAccepted, RoutingKey
+from shared.reasons import short_reason
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.timeutil import utcnow
-from shared.url_guard import BlockedAddressError, check_literal_host
 
 log = structlog.get_logger()
 
@@ -101,7 +101,9 @@ class UploadHandler:
         self.db = db
         self.storage = storage
         self.broker = broker
-        self.limits = Limits(settings.max_rows, settings.max_urls_per_row, settings.max_url_length)
+        self.limits = Limits(
+            settings.max_rows, settings.max_urls_per_row, settings.max_url_length, settings.allow_private_urls
+        )
 
     async def __call__(self, request: web.Request) -> web.Response:
         if not request.content_type.startswith("multipart/form-data"):
@@ -141,6 +143,28 @@ class UploadHandler:
         validation = await self._validate(path)
         request_id = str(uuid.uuid4())
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        if idempotency_key is not None:
+            # claimed before anything is stored: an upload that loses the race for its key stores nothing
+            holder = await self._claim(idempotency_key, request_id, digest)
+            if holder is not None:
+                return self._replay(holder, digest)
+        try:
+            return await self._store(request_id, path, size, digest, validation, webhook_url, idempotency_key)
+        except BaseException:
+            if idempotency_key is not None:  # free the key at once: the client may retry with it
+                await self.db.idempotency_keys.delete_one({"_id": idempotency_key, "request_id": request_id})
+            raise
+
+    async def _store(
+        self,
+        request_id: str,
+        path: str,
+        size: int,
+        digest: str,
+        validation: Validation,
+        webhook_url: str | None,
+        idempotency_key: str | None,
+    ) -> web.Response:
         csv_key = f"uploads/{request_id}/input.csv"
         with open(path, "rb") as stream:  # noqa: ASYNC230 - opening a local temp file; the upload runs in a thread
             await self.storage.put_stream(csv_key, stream, size, "text/csv")
@@ -155,22 +179,36 @@ class UploadHandler:
             webhook_url=webhook_url,
             idempotency_key=idempotency_key,
         )
-        if idempotency_key is not None:
-            try:
-                await self.db.idempotency_keys.insert_one(
-                    {"_id": idempotency_key, "request_id": request_id, "csv_sha256": digest, "created_at": utcnow()}
-                )
-            except DuplicateKeyError:  # a concurrent upload with the same key won the race
-                previous = await self.db.idempotency_keys.find_one({"_id": idempotency_key})
-                if previous is not None:
-                    return self._replay(previous, digest)
-                raise
-        await self.db.requests.insert_one(document)
+        try:
+            await self.db.requests.insert_one(document)
+        except BaseException:
+            await self.storage.delete(csv_key)  # no request refers to it: do not leave it behind
+            raise
         await self.broker.publish(
             RoutingKey.REQUEST_ACCEPTED, RequestAccepted(request_id=request_id), message_id=request_id
         )
         log.info("upload_accepted", rows=validation.rows, urls=validation.urls, bytes=size)
         return accepted(request_id)
+
+    async def _claim(self, key: str, request_id: str, digest: str) -> dict[str, Any] | None:
+        """Record ``key`` as this upload's; when another upload holds it already, return that upload's record."""
+        try:
+            await self.db.idempotency_keys.insert_one(
+                {"_id": key, "request_id": request_id, "csv_sha256": digest, "created_at": utcnow()}
+            )
+            return None
+        except DuplicateKeyError:
+            holder = await self.db.idempotency_keys.find_one({"_id": key})
+        if holder is None:  # claimed and released again in between (that upload failed): let the client retry
+            raise UploadRefused(
+                problem(
+                    409,
+                    "idempotency-key-busy",
+                    "Idempotency-Key busy",
+                    "another upload with this Idempotency-Key just failed; send it again",
+                )
+            )
+        return holder
 
     async def _previous_use(self, key: str) -> dict[str, Any] | None:
         """The earlier upload under ``key``, if it got as far as its request record.
@@ -201,9 +239,20 @@ class UploadHandler:
         return accepted(previous["request_id"], replayed=True)
 
     async def _receive(self, request: web.Request, path: str) -> tuple[str | None, str, int]:
-        """Stream the multipart body; returns (webhook_url, sha256 of the file, file size)."""
+        """Stream the multipart body; returns (webhook_url, sha256 of the file, file size).
+
+        The body must arrive within ``api_body_timeout``: a client trickling bytes cannot hold the connection.
+        """
+        limit = self.settings.api_body_timeout
         try:
-            return await self._read_parts(request, path)
+            async with asyncio.timeout(limit):
+                return await self._read_parts(request, path)
+        except TimeoutError:
+            response = problem(
+                408, "body-timeout", "Request body too slow", f"the upload body did not arrive within {limit:g} s"
+            )
+            response.force_close()
+            raise UploadRefused(response) from None
         # aiohttp's multipart reader: no boundary, boundary not found, body cut short, malformed part headers
         except (ValueError, HttpProcessingError) as exc:
             raise UploadRefused(
@@ -211,7 +260,7 @@ class UploadHandler:
                     400,
                     "malformed-multipart",
                     "Malformed multipart body",
-                    "the multipart/form-data body could not be read: " + " ".join(str(exc).split())[:300],
+                    "the multipart/form-data body could not be read: " + short_reason(str(exc)),
                 )
             ) from None
 
@@ -291,12 +340,7 @@ class UploadHandler:
         return sha.hexdigest(), size
 
     def _check_webhook(self, url: str) -> None:
-        reason = url_problem(url, self.settings.max_url_length)
-        if reason is None:
-            try:
-                check_literal_host(url, self.settings.allow_private_urls)
-            except BlockedAddressError as exc:
-                reason = str(exc)
+        reason = url_problem(url, self.settings.max_url_length, allow_private=self.settings.allow_private_urls)
         if reason is not None:
             raise UploadRefused(problem(400, "invalid-webhook-url", "Invalid webhook_url", reason))
 

@@ -11,12 +11,14 @@ import aiohttp
 from standardwebhooks.webhooks import Webhook
 
 from shared.messages import RequestFinished
-from shared.url_guard import BlockedAddressError, check_literal_host
+from shared.reasons import describe_client_error, short_reason
+from shared.url_guard import BlockedAddressError, check_url, refusal_behind
 
 
 @dataclass(frozen=True)
 class Attempt:
-    """What the notifier records for each try; ``ok`` is a 2xx answer."""
+    """What the notifier records for each try; ``ok`` is a 2xx answer. ``refused``: the SSRF guard refused the
+    URL, which no later attempt can change, so it is not retried."""
 
     number: int
     at: datetime
@@ -24,6 +26,7 @@ class Attempt:
     status_code: int | None
     error: str | None
     duration_ms: int
+    refused: bool = False
 
     def as_document(self) -> dict[str, object]:
         return {
@@ -33,6 +36,7 @@ class Attempt:
             "status_code": self.status_code,
             "error": self.error,
             "duration_ms": self.duration_ms,
+            "refused": self.refused,
         }
 
 
@@ -89,20 +93,32 @@ async def post_webhook(
     started = time.monotonic()
     status: int | None = None
     error: str | None = None
+    refusal: BlockedAddressError | None = None
     try:
-        check_literal_host(url, allow_private)
-        async with session.post(url, data=body, headers=headers, allow_redirects=False) as response:
+        target = check_url(url, allow_private)  # the URL object aiohttp then connects with
+        async with session.post(target, data=body, headers=headers, allow_redirects=False) as response:
             status = response.status
             await response.content.read(64 * 1024)  # drain a little; never trust a receiver to be small
     except BlockedAddressError as exc:
-        error = str(exc)
+        refusal = exc
     except TimeoutError:
         error = "timed out"
     except aiohttp.ClientError as exc:
-        cause = getattr(exc, "os_error", None)
-        error = str(cause) if isinstance(cause, BlockedAddressError) else f"{type(exc).__name__}: {exc}"[:300]
+        refusal = refusal_behind(exc)
+        if refusal is None:
+            error = describe_client_error(exc, "webhook receiver")
+    if refusal is not None:
+        error = f"refused: {refusal}"
     duration_ms = int((time.monotonic() - started) * 1000)
     ok = status is not None and 200 <= status < 300
     if status is not None and not ok:
         error = f"HTTP {status}"
-    return Attempt(event.attempt, sent_at, ok, status, error, duration_ms)
+    return Attempt(
+        event.attempt,
+        sent_at,
+        ok,
+        status,
+        None if error is None else short_reason(error),
+        duration_ms,
+        refused=refusal is not None,
+    )

@@ -13,7 +13,7 @@ from shared.logging import configure_logging
 from shared.messages import Queue, RequestFinished
 from shared.runtime import install_stop_signals, start_health_server
 from shared.settings import get_settings
-from shared.url_guard import make_resolver
+from shared.url_guard import guarded_connector
 
 WEBHOOK_PREFETCH = 16
 
@@ -27,7 +27,7 @@ async def run() -> None:
     await db.connect()
     await broker.connect()
     timeout = aiohttp.ClientTimeout(total=settings.webhook_timeout, sock_connect=settings.connect_timeout)
-    connector = aiohttp.TCPConnector(resolver=make_resolver(settings.allow_private_urls))
+    connector = guarded_connector(settings.allow_private_urls)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         notifier = Notifier(settings, db, broker, session)
 

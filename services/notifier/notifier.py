@@ -60,7 +60,8 @@ class Notifier:
             allow_private=self.settings.allow_private_urls,
             sent_at=utcnow(),
         )
-        last = event.attempt >= self.settings.webhook_max_attempts
+        # a URL the SSRF guard refuses stays refused: dead at once, with its reason, instead of retried
+        last = event.attempt >= self.settings.webhook_max_attempts or attempt.refused
         state = "delivered" if attempt.ok else ("dead" if last else "retrying")
         await self.db.webhooks.update_one(
             {"_id": event.request_id},
@@ -78,6 +79,6 @@ class Notifier:
         if attempt.ok:
             return
         if last:
-            raise PoisonMessage(f"webhook failed after {event.attempt} attempts: {attempt.error}")
+            raise PoisonMessage(f"webhook failed after {event.attempt} attempt(s): {attempt.error}")
         retry = event.model_copy(update={"attempt": event.attempt + 1})
         await self.broker.publish_delayed(RoutingKey.REQUEST_FINISHED, retry, self.delay_ms(event.attempt))
