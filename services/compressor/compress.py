@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageCms, ImageFile, ImageOps, ImageSequence, UnidentifiedImageError
 
+from services.compressor.jpeg_fast import requantize_or_none
+
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 Image.MAX_IMAGE_PIXELS = None  # we enforce our own, clearer, per-request budget below
 
@@ -37,6 +39,7 @@ class Compressed:
     format: str  # "JPEG" or "WEBP"
     width: int
     height: int
+    codec: str = "pillow"  # "dct": re-quantised in the DCT domain (services/compressor/jpeg_fast.py)
 
     @property
     def extension(self) -> str:
@@ -47,8 +50,13 @@ class Compressed:
         return "image/jpeg" if self.format == "JPEG" else "image/webp"
 
 
-def compress(data: bytes, *, quality: int = 50, max_pixels: int = 100_000_000) -> Compressed:
-    """Decode ``data`` fully and re-encode it; raises :class:`ImageRejected` with a human reason."""
+def compress(
+    data: bytes, *, quality: int = 50, max_pixels: int = 100_000_000, jpeg_fast_path: bool = True
+) -> Compressed:
+    """Decode ``data`` fully and re-encode it; raises :class:`ImageRejected` with a human reason.
+
+    With ``jpeg_fast_path`` a JPEG goes through the DCT-domain path first; whatever it declines takes the pixel
+    path below."""
     if not data:
         raise ImageRejected("empty body (0 bytes)")
     try:
@@ -67,6 +75,10 @@ def compress(data: bytes, *, quality: int = 50, max_pixels: int = 100_000_000) -
         frames = getattr(source, "n_frames", 1) or 1
         if width * height * frames > max_pixels:
             raise ImageRejected(f"image is {width}x{height} with {frames} frame(s), over the {max_pixels} pixel limit")
+        if fmt == "JPEG" and frames == 1 and jpeg_fast_path:
+            fast = requantize_or_none(data, quality=quality, max_pixels=max_pixels)
+            if fast is not None:
+                return Compressed(fast, "JPEG", width, height, codec="dct")
         try:
             if frames > 1:
                 return _animated(source, quality)

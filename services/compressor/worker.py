@@ -42,6 +42,7 @@ class CompressorWorker:
     max_pixels: int
     max_attempts: int
     retry_base_ms: int
+    jpeg_fast_path: bool = True
 
     async def handle(self, task: ImageTask, message: AbstractIncomingMessage) -> None:
         """Tasks from ``compressor.images``, taken ``prefetch`` at a time.
@@ -90,7 +91,7 @@ class CompressorWorker:
         loop = asyncio.get_running_loop()
         try:
             result: Compressed = await loop.run_in_executor(
-                self.executor, _compress_job, data, self.quality, self.max_pixels
+                self.executor, _compress_job, data, self.quality, self.max_pixels, self.jpeg_fast_path
             )
         except ImageRejected as exc:
             # bytes_in counts compressed images only: a rejected download saved nothing, and counting it
@@ -110,9 +111,10 @@ class CompressorWorker:
                 output_url=self.storage.public_url(key),
                 bytes_in=len(data),
                 bytes_out=len(result.data),
+                codec=result.codec,
             ),
         )
-        log.info("image_done", bytes_in=len(data), bytes_out=len(result.data), format=result.format)
+        log.info("image_done", bytes_in=len(data), bytes_out=len(result.data), format=result.format, codec=result.codec)
 
     async def _fail(self, task: ImageTask, reason: str, bytes_in: int) -> None:
         log.info("image_failed", reason=reason)
@@ -130,5 +132,5 @@ class CompressorWorker:
         )
 
 
-def _compress_job(data: bytes, quality: int, max_pixels: int) -> Compressed:
-    return compress(data, quality=quality, max_pixels=max_pixels)
+def _compress_job(data: bytes, quality: int, max_pixels: int, jpeg_fast_path: bool) -> Compressed:
+    return compress(data, quality=quality, max_pixels=max_pixels, jpeg_fast_path=jpeg_fast_path)
