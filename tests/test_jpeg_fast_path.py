@@ -184,7 +184,7 @@ def test_setting_off_takes_the_pixel_path():
 def test_a_coarser_source_keeps_its_coefficients_and_tables_and_gets_no_larger():
     """Every entry of a q30 source is coarser than q50's: the output keeps the source's tables and its
     coefficients as they are (so it decodes to exactly the source's pixels), stripped and Huffman-optimised."""
-    data, source = source_jpeg("coffee.png", "420")
+    _data, source = source_jpeg("coffee.png", "420")
     coarse = encode(source, "JPEG", quality=30)
     out = jpeg_fast.requantize(coarse, QUALITY, 100_000_000)
     assert decoded(out).quantization == decoded(coarse).quantization
