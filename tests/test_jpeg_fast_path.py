@@ -172,6 +172,21 @@ def test_corrupt_data_is_a_jpeg_error_and_the_pixel_path_decides():
     assert jpeg_fast.requantize_or_none(truncated, quality=QUALITY, max_pixels=100_000_000) is None
 
 
+def test_mpo_comes_out_as_a_jpeg_of_its_primary_image():
+    """A multi-picture JPEG (a primary image plus a preview, as some cameras write) is a JPEG that viewers show as
+    its primary image; the fast path reads only that image and drops the MPF marker that lists the others."""
+    primary = photo("chelsea.png").convert("RGB")
+    out = io.BytesIO()
+    primary.save(out, "MPO", save_all=True, append_images=[primary.resize((160, 120))], quality=90)
+    source = decoded(out.getvalue())
+    assert source.format == "MPO" and source.n_frames == 2
+    result = compress(out.getvalue(), quality=QUALITY)
+    image = decoded(result.data)
+    assert result.codec == "dct" and image.format == "JPEG" and image.size == primary.size
+    assert image.quantization == reference_quantization(primary, QUALITY)
+    assert psnr(primary, image) > 30
+
+
 def test_setting_off_takes_the_pixel_path():
     data, _ = source_jpeg("rocket.jpg", "420")
     assert compress(data, quality=QUALITY, jpeg_fast_path=False).codec == "pillow"

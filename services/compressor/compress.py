@@ -75,7 +75,7 @@ def compress(
         frames = getattr(source, "n_frames", 1) or 1
         if width * height * frames > max_pixels:
             raise ImageRejected(f"image is {width}x{height} with {frames} frame(s), over the {max_pixels} pixel limit")
-        if fmt == "JPEG" and frames == 1 and jpeg_fast_path:
+        if fmt in ("JPEG", "MPO") and jpeg_fast_path:  # of an MPO, only the primary image (what viewers show)
             fast = requantize_or_none(data, quality=quality, max_pixels=max_pixels)
             if fast is not None:
                 return Compressed(fast, "JPEG", width, height, codec="dct")
