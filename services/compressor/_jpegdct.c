@@ -621,8 +621,8 @@ static void transcode(const unsigned char *data, size_t size, int quality, unsig
         memset(counts, 0, sizeof *counts);
         for (ci = 0; ci < src.num_components; ci++) {
             const jpeg_component_info *comp = &src.comp_info[ci];
-            dc_values[ci] = (JCOEF *)(*dst.mem->alloc_large)(
-                (j_common_ptr)&dst, JPOOL_IMAGE, (size_t)comp->width_in_blocks * comp->height_in_blocks * sizeof(JCOEF));
+            size_t blocks = (size_t)comp->width_in_blocks * comp->height_in_blocks;
+            dc_values[ci] = (JCOEF *)(*dst.mem->alloc_large)((j_common_ptr)&dst, JPOOL_IMAGE, blocks * sizeof(JCOEF));
             requantize_component(&src, coefficients[ci], comp, targets[ci], counts->ac[dst.comp_info[ci].ac_tbl_no],
                                  dc_values[ci]);
         }

@@ -38,7 +38,8 @@ int main(void) {
                 }
                 checked++;
                 if (memcmp(fast, exact, sizeof fast) != 0) {
-                    if (++mismatches <= 5) printf("q_src %u q_dst %u |c| %d: %d, exact %d\n", qs, qd, a, fast[0], exact[0]);
+                    if (++mismatches <= 5)
+                        printf("q_src %u q_dst %u |c| %d: %d, exact %d\n", qs, qd, a, fast[0], exact[0]);
                 }
             }
         }
