@@ -9,6 +9,10 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
+# gcc and libjpeg62-turbo-dev compile the compressor's C extension (services/compressor/_jpegdct.c)
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev libjpeg62-turbo-dev \
+    && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/pixpress
 WORKDIR /src
 COPY . .
@@ -23,6 +27,10 @@ ENV PATH=/opt/pixpress/bin:$PATH \
     PIXPRESS_API_PORT=5000 \
     PIXPRESS_HEALTH_HOST=0.0.0.0 \
     PIXPRESS_HEALTH_PORT=8080
+# the C extension links the system libjpeg-turbo at run time
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libjpeg62-turbo \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 pixpress \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin pixpress

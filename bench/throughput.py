@@ -6,10 +6,13 @@
 1. Makes ``--images`` distinct photographs of 2400x1600 from scikit-image's sample photos (a different crop,
    flip, rotation and colour balance of a different photo each, upscaled, with a little sensor-like noise so
    the JPEG q90 files have the size and detail of camera output), cached in ``bench/out/`` (gitignored).
-2. Codec floor: the same bytes through ``services.compressor.compress.compress`` at quality 50 in 2 processes,
+2. Codec floor: the same bytes through ``services.compressor.compress.compress`` at quality 50 with the Pillow
+   pixel path (``jpeg_fast_path=False``: decode + encode, the codec the DCT-domain path replaces) in 2 processes,
    no network, no broker, no storage: as ``ProcessPoolExecutor(2).map`` and with one codec thread per process
    (the way the compressor runs it, ~40 % faster: see ``thread_floor``), before and after step 3. The fastest
-   measurement is the floor the ratios are computed against. Also: one process with 1 and 2 codec threads.
+   measurement is the floor the ratios are computed against. Also: one process with 1 and 2 codec threads, the
+   same floor with the DCT-domain path (``compress`` as the compressors run it), and the JPEG codec's CPU per
+   image both ways with the savings each gives (``codec_cpu``, ``--codec-runs`` times).
 3. End to end: serves the photographs from a local aiohttp server, uploads one CSV naming all of them and times
    upload -> ``Completed`` through the real ingest, RabbitMQ, compressors, aggregator, FerretDB and MinIO, for
    each compressor configuration ``PROCSxTHREADS`` (compressor processes x ``PIXPRESS_COMPRESSOR_WORKERS``).
@@ -52,6 +55,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import aiohttp
@@ -135,23 +139,25 @@ def photos(count: int) -> list[bytes]:
 FRESH = multiprocessing.get_context("spawn")
 
 
-def _codec(data: bytes) -> int:
-    return len(compress(data, quality=50).data)
+def _codec(data: bytes, fast: bool = False) -> int:
+    """One photo through ``compress`` at q50: the Pillow pixel path, or with ``fast`` the DCT-domain JPEG path."""
+    return len(compress(data, quality=50, jpeg_fast_path=fast).data)
 
 
-def pool_map_floor(bodies: list[bytes], workers: int = 2) -> float:
+def pool_map_floor(bodies: list[bytes], workers: int = 2, fast: bool = False) -> float:
     """``ProcessPoolExecutor(2).map(compress, photos)``: the codec in each worker's main thread."""
+    codec = partial(_codec, fast=fast)
     with ProcessPoolExecutor(workers, mp_context=FRESH) as pool:
-        list(pool.map(_codec, bodies[: workers * 2]))  # start the workers, import Pillow
+        list(pool.map(codec, bodies[: workers * 2]))  # start the workers, import Pillow
         started = time.perf_counter()
-        list(pool.map(_codec, bodies, chunksize=1))
+        list(pool.map(codec, bodies, chunksize=1))
         return len(bodies) / (time.perf_counter() - started)
 
 
-def _codec_threads(shares: list[list[bytes]]) -> float:
+def _codec_threads(shares: list[list[bytes]], fast: bool = False) -> float:
     """Runs one codec thread per share in this process; returns the seconds they took."""
-    _codec(shares[0][0])
-    threads = [threading.Thread(target=lambda share=share: [_codec(b) for b in share]) for share in shares]
+    _codec(shares[0][0], fast)
+    threads = [threading.Thread(target=lambda share=share: [_codec(b, fast) for b in share]) for share in shares]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -160,11 +166,71 @@ def _codec_threads(shares: list[list[bytes]]) -> float:
     return time.perf_counter() - started
 
 
+def _codec_cpu_in_thread(bodies: list[bytes]) -> dict[str, list[float]]:
+    """Per photo, in one codec thread: CPU ms and output bytes of the Pillow path and of the DCT-domain path,
+    alternating photo by photo so a busy neighbour on the shared cores weighs on both alike."""
+    result: dict[str, list[float]] = {"pillow ms": [], "dct ms": [], "pillow bytes": [], "dct bytes": []}
+
+    def work() -> None:
+        _codec(bodies[0]), _codec(bodies[0], True)  # warm up both
+        for data in bodies:
+            for name, fast in (("pillow", False), ("dct", True)):
+                started = time.thread_time()
+                out = compress(data, quality=50, jpeg_fast_path=fast)
+                result[f"{name} ms"].append(1000 * (time.thread_time() - started))
+                result[f"{name} bytes"].append(len(out.data))
+                assert out.codec == name, f"photo took the {out.codec} path, not {name}"
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    return result
+
+
+def codec_cpu(bodies: list[bytes]) -> dict[str, list[float]]:
+    """The JPEG codec's CPU per image both ways, measured in a codec thread of a fresh process (how the compressor
+    runs it; see ``thread_floor`` for why a thread and not a main thread)."""
+    with ProcessPoolExecutor(1, mp_context=FRESH) as pool:
+        return pool.submit(_codec_cpu_in_thread, bodies).result()
+
+
+def report_codec_cpu(bodies: list[bytes], runs: int) -> list[float]:
+    """Prints the JPEG codec's CPU per image, Pillow vs DCT-domain, and the savings each gives (bytes saved over
+    bytes in, per image, as the status API reports them)."""
+    ratios, pillow_ms, dct_ms = [], [], []
+    for attempt in range(runs):
+        load = os.getloadavg()[0]
+        measured = codec_cpu(bodies)
+        pillow, dct = statistics.mean(measured["pillow ms"]), statistics.mean(measured["dct ms"])
+        ratios.append(dct / pillow)
+        pillow_ms.append(pillow)
+        dct_ms.append(dct)
+        print(
+            f"JPEG codec CPU per image, run {attempt + 1} (load average {load:.2f}): "
+            f"Pillow decode + encode {pillow:.1f} ms, DCT-domain {dct:.1f} ms: {dct / pillow:.2f}x",
+            flush=True,
+        )
+    saved_pillow = [100 * (1 - out / len(data)) for out, data in zip(measured["pillow bytes"], bodies, strict=True)]
+    saved_dct = [100 * (1 - out / len(data)) for out, data in zip(measured["dct bytes"], bodies, strict=True)]
+    gaps = [d - p for d, p in zip(saved_dct, saved_pillow, strict=True)]
+    print(
+        f"JPEG codec CPU per image over {runs} run(s): Pillow {min(pillow_ms):.1f}-{max(pillow_ms):.1f} ms, DCT-domain "
+        f"{min(dct_ms):.1f}-{max(dct_ms):.1f} ms, ratio {min(ratios):.2f}-{max(ratios):.2f}x (target <= 0.6x)\n"
+        f"savings per image: Pillow {statistics.mean(saved_pillow):.2f} %, "
+        f"DCT-domain {statistics.mean(saved_dct):.2f} % "
+        f"(difference per image {min(gaps):+.2f} to {max(gaps):+.2f} points, target within 1)",
+        flush=True,
+    )
+    return pillow_ms
+
+
 def _pin(cores: set[int]) -> None:
     os.sched_setaffinity(0, cores)
 
 
-def thread_floor(bodies: list[bytes], processes: int, threads: int, cores: set[int] | None = None) -> float:
+def thread_floor(
+    bodies: list[bytes], processes: int, threads: int, cores: set[int] | None = None, fast: bool = False
+) -> float:
     """``processes`` processes with ``threads`` codec threads each, the photos dealt out once beforehand.
 
     This is how the compressor runs the codec (in a worker thread). It matters: in a process's main thread
@@ -174,7 +240,7 @@ def thread_floor(bodies: list[bytes], processes: int, threads: int, cores: set[i
     shares = [bodies[i::parts] for i in range(parts)]
     pinned = {"initializer": _pin, "initargs": (cores,)} if cores else {}
     with ProcessPoolExecutor(processes, mp_context=FRESH, **pinned) as pool:
-        futures = [pool.submit(_codec_threads, shares[p * threads : (p + 1) * threads]) for p in range(processes)]
+        futures = [pool.submit(_codec_threads, shares[p * threads : (p + 1) * threads], fast) for p in range(processes)]
         seconds = max(future.result() for future in futures)
     return len(bodies) / seconds
 
@@ -580,6 +646,20 @@ def ceiling(run: Run, floor: float, cores: int) -> str:
     )
 
 
+def cpu_ratio(runs: list[Run], pillow_cpu: list[float]) -> str:
+    """End to end against the floor in CPU time rather than wall time: the Pillow codec's CPU per image over the
+    whole pipeline's (compressors, ingest, aggregator, RabbitMQ, FerretDB, MinIO and the image host) in the
+    images phase. On cores the pipeline has to itself that is the ratio of the two rates; on our shared 2 cores,
+    where other people's work takes a varying share, it is the one that does not move with their load."""
+    pipeline = [sum(run.cpu_ms["images"].values()) for run in runs]
+    codec = statistics.median(pillow_cpu)
+    return (
+        f"in CPU per image: whole pipeline {min(pipeline):.1f}-{max(pipeline):.1f} ms against the Pillow codec's "
+        f"{codec:.1f} ms (median of {len(pillow_cpu)}): "
+        f"{codec / max(pipeline):.2f}-{codec / min(pipeline):.2f}x the floor"
+    )
+
+
 def py_spy(pids: list[int], seconds: int) -> list[subprocess.Popen]:
     OUT.mkdir(parents=True, exist_ok=True)
     return [
@@ -655,6 +735,7 @@ def main() -> None:
         help="extra environment for the compressors, e.g. PIXPRESS_COMPRESSOR_PREFETCH=2 (repeatable)",
     )
     parser.add_argument("--runs", type=int, default=2, help="measured runs per configuration (best one counts)")
+    parser.add_argument("--codec-runs", type=int, default=2, help="runs of the JPEG codec CPU comparison")
     parser.add_argument("--skip-floor", action="store_true")
     parser.add_argument("--skip-e2e", action="store_true")
     parser.add_argument("--profile", action="store_true", help="py-spy the compressors during the second run")
@@ -686,15 +767,19 @@ def main() -> None:
         threaded = thread_floor(bodies, 2, 1)
         floors.extend((spec, threaded))
         print(
-            f"codec floor {when} (compress() at q50, 2 processes, load average {load:.2f}): "
+            f"codec floor {when} (compress() at q50, Pillow path, 2 processes, load average {load:.2f}): "
             f"ProcessPoolExecutor(2).map {spec:.2f} images/s; one codec thread per process {threaded:.2f} images/s",
             flush=True,
         )
 
+    pillow_cpu: list[float] = []  # the Pillow codec's CPU ms per image, one value per run
     if not args.skip_floor:
+        pillow_cpu = report_codec_cpu(bodies, args.codec_runs)
         measure_floor("before")
         one, two = thread_floor(bodies, 1, 1), thread_floor(bodies, 1, 2)
         print(f"threads vs processes, codec only: 1 process x 1 thread {one:.2f} images/s, x 2 threads {two:.2f}")
+        fast = thread_floor(bodies, 2, 1, fast=True)
+        print(f"the same floor with the DCT-domain JPEG path, one codec thread per process: {fast:.2f} images/s")
     if args.skip_e2e:
         return
     results = asyncio.run(end_to_end(bodies, configs, compressor_env, args.profile, args.runs))
@@ -722,6 +807,8 @@ def main() -> None:
         )
         if floor and procs * threads >= cores:
             print(f"       {ceiling(best, floor, cores)}", flush=True)
+        if pillow_cpu:
+            print(f"       {cpu_ratio(runs, pillow_cpu)}", flush=True)
     if floor:
         print(f"  codec floor: {floor:.2f} images/s (the fastest of {len(floors)} measurements)")
 

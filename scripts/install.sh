@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the native stack needs and is missing; does nothing (in about a second) when all is present.
-#   - .venv with `pip install -e '.[test]'` (again whenever pyproject.toml is newer than the venv's stamp)
+#   - .venv with `pip install -e '.[test]'` (again whenever pyproject.toml, setup.py or the C extension's source is newer
+#     than the venv's stamp: the extension is compiled in place)
 #   - rabbitmq-server from Debian packages (its own service is stopped: the stack runs its own node)
 #   - FerretDB (with scripts/ferretdb/pixpress.patch) and MinIO built with Go, side by side, cached outside the repo
 #     as <cache>/bin/<name>-<version>[-pixpress-<patch hash>] (scripts/versions.sh)
@@ -52,6 +53,13 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install o
 
 apt_packages=()
 installed rabbitmq-server || apt_packages+=(rabbitmq-server)
+# the compressor's C extension (services/compressor/_jpegdct.c) is compiled by pip against the system libjpeg-turbo
+installed libjpeg62-turbo-dev || apt_packages+=(libjpeg62-turbo-dev)
+command -v gcc >/dev/null || apt_packages+=(gcc)
+# ... and needs the headers of the Python that builds the venv (Debian's python3 keeps them in python3-dev)
+if ! python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))'; then
+    apt_packages+=(python3-dev)
+fi
 if [ ! -x "$VENV/bin/python" ] && ! python3 -c 'import ensurepip' 2>/dev/null; then
     apt_packages+=(python3-venv)
 fi
@@ -93,7 +101,9 @@ if [ "${#apt_packages[@]}" -gt 0 ]; then
 fi
 
 # --- Python venv ------------------------------------------------------------------------------------------------
-if [ ! -x "$VENV/bin/python" ] || [ ! -e "$STAMP" ] || [ "$REPO/pyproject.toml" -nt "$STAMP" ]; then
+if [ ! -x "$VENV/bin/python" ] || [ ! -e "$STAMP" ] || [ "$REPO/pyproject.toml" -nt "$STAMP" ] ||
+    [ "$REPO/setup.py" -nt "$STAMP" ] || [ "$REPO/services/compressor/_jpegdct.c" -nt "$STAMP" ] ||
+    ! compgen -G "$REPO/services/compressor/_jpegdct*.so" >/dev/null; then
     t=$(now)
     if [ ! -x "$VENV/bin/python" ]; then
         say "creating .venv"

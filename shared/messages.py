@@ -85,6 +85,9 @@ class ImageResult(Message):
     error: str | None = None
     bytes_in: int = 0
     bytes_out: int = 0
+    # how the image was encoded: "dct" (JPEG re-quantised in the DCT domain) or "pillow" (decoded to pixels);
+    # None on failures and from compressors that predate the field
+    codec: str | None = None
 
 
 class Progress(Message):

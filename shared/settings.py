@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     download_timeout: float = Field(default=60.0, gt=0)
     max_redirects: int = Field(default=5, ge=0)
     jpeg_quality: int = Field(default=50, ge=1, le=100)
+    jpeg_fast_path: bool = Field(
+        default=True, description="on|off: re-quantise JPEGs in the DCT domain (docs/jpeg-fast-path.md)"
+    )
     compressor_prefetch: int = Field(default=8, ge=1)
     compressor_workers: int = Field(default=1, ge=1, description="codec threads per compressor process")
     image_max_attempts: int = Field(default=4, ge=1)

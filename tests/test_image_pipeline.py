@@ -18,6 +18,7 @@ import aiohttp
 import numpy as np
 import pytest
 from PIL import Image, ImageChops, ImageStat
+from pymongo import AsyncMongoClient
 
 from services.compressor.compress import ImageRejected, compress
 from services.compressor.frame_budget import set_pillow_backstop
@@ -41,6 +42,7 @@ def service_settings() -> Settings:
         "image_max_attempts",
         "retry_base_delay_ms",
         "jpeg_quality",
+        "jpeg_fast_path",
     }
     fields = {name.removeprefix("PIXPRESS_").lower(): value for name, value in values.items()}
     return Settings(**{name: value for name, value in fields.items() if name in scalars})
@@ -427,3 +429,30 @@ def test_slow_and_redirected_sources_arrive_whole(run: Run):
 def test_the_whole_zoo_finished_in_bounded_time(run: Run):
     # bounded by the hang (attempts x read timeout plus the backoff); everything else takes seconds
     assert run.elapsed < HANG_SECONDS + 30, (run.elapsed, HANG_SECONDS)
+
+
+# JPEGs the DCT-domain path takes, and the ones it leaves to the pixel path (services/compressor/jpeg_fast.py)
+DCT_JPEGS = {"flaky.jpg", "slow.jpg", "progressive-icc.jpg"}
+PIXEL_JPEGS = {"sideways-exif6.jpg", "cmyk.jpg"}  # EXIF orientation 6; CMYK
+
+
+async def test_each_result_records_the_codec_that_made_it(run: Run):
+    """The compressor's result message carries the codec, and the aggregator stores it with the result."""
+    env = stack.service_env()
+    client: AsyncMongoClient = AsyncMongoClient(env.get("PIXPRESS_MONGO_URL", "mongodb://127.0.0.1:27017/"))
+    try:
+        db = client[env.get("PIXPRESS_MONGO_DB", "pixpress")]
+        codecs = {
+            (doc["row"], doc["index"]): doc.get("codec")
+            async for doc in db.results.find({"request_id": run.request_id}, {"row": 1, "index": 1, "codec": 1})
+        }
+    finally:
+        await client.close()
+    by_serial = {serial: codecs.get((row, 0)) for row, (serial, _name, _urls) in enumerate(run.rows, start=1)}
+    fast = "dct" if SETTINGS.jpeg_fast_path else "pillow"
+    for good in GOODS:
+        expected = fast if good.key in DCT_JPEGS else "pillow"
+        assert by_serial[f"G-{good.key}"] == expected, good.key
+    assert {good.key for good in GOODS} >= DCT_JPEGS | PIXEL_JPEGS
+    for bad in BADS:
+        assert by_serial[f"B-{bad.key}"] is None, bad.key  # failures were encoded by nothing

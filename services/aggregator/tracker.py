@@ -39,6 +39,7 @@ def result_document(result: ImageResult) -> dict:
         "error": None if result.ok else (result.error or "failed"),
         "bytes_in": result.bytes_in,
         "bytes_out": result.bytes_out,
+        "codec": result.codec,
         "at": utcnow(),
     }
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageCms, ImageFile, ImageOps, ImageSequence, UnidentifiedImageError
 
 from services.compressor.frame_budget import count_pixels, set_pillow_backstop
+from services.compressor.jpeg_fast import requantize_or_none
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -43,6 +44,7 @@ class Compressed:
     format: str  # "JPEG" or "WEBP"
     width: int
     height: int
+    codec: str = "pillow"  # "dct": re-quantised in the DCT domain (services/compressor/jpeg_fast.py)
 
     @property
     def extension(self) -> str:
@@ -59,11 +61,14 @@ def compress(
     quality: int = 50,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_frames: int = DEFAULT_MAX_FRAMES,
+    jpeg_fast_path: bool = True,
 ) -> Compressed:
     """Decode ``data`` fully and re-encode it; raises :class:`ImageRejected` with a human reason.
 
     Whatever the bytes make the codec do (a bomb, a codec error, running out of memory) ends as
     :class:`ImageRejected` on the first try: the same bytes would fail the same way on every redelivery.
+    With ``jpeg_fast_path`` a JPEG within the limits goes through the DCT-domain path first; whatever it
+    declines takes the pixel path below.
     """
     if not data:
         raise ImageRejected("empty body (0 bytes)")
@@ -79,6 +84,11 @@ def compress(
             raise ImageRejected(f"unsupported image format {fmt or 'unknown'}")
         try:
             _check_budget(source, data, max_pixels, max_frames)
+            if fmt in ("JPEG", "MPO") and jpeg_fast_path:  # of an MPO, only the primary image (what viewers show)
+                fast = requantize_or_none(data, quality=quality, max_pixels=max_pixels)
+                if fast is not None:
+                    width, height = source.size
+                    return Compressed(fast, "JPEG", width, height, codec="dct")
             if (getattr(source, "n_frames", 1) or 1) > 1:
                 return _animated(source, quality)
             return _still(source, fmt, quality)

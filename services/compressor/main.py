@@ -50,6 +50,7 @@ async def run() -> None:
             max_frames=settings.max_image_frames,
             max_attempts=settings.image_max_attempts,
             retry_base_ms=settings.retry_base_delay_ms,
+            jpeg_fast_path=settings.jpeg_fast_path,
         )
 
         async def check() -> dict[str, bool]:
@@ -58,7 +59,12 @@ async def run() -> None:
         health = await start_health_server(check, settings.health_host, settings.health_port)
         await broker.consume(Queue.IMAGES, ImageTask, worker.handle, settings.compressor_prefetch)
         await broker.consume(Queue.IMAGES_SUSPECT, ImageTask, worker.handle_suspect, prefetch=1)
-        log.info("compressor_started", prefetch=settings.compressor_prefetch, codec_threads=settings.compressor_workers)
+        log.info(
+            "compressor_started",
+            prefetch=settings.compressor_prefetch,
+            codec_threads=settings.compressor_workers,
+            jpeg_fast_path=settings.jpeg_fast_path,
+        )
         await stop.wait()
         log.info("compressor_stopping")
         await broker.stop_consuming()

@@ -44,6 +44,7 @@ class CompressorWorker:
     max_frames: int
     max_attempts: int
     retry_base_ms: int
+    jpeg_fast_path: bool = True
 
     async def handle(self, task: ImageTask, message: AbstractIncomingMessage) -> None:
         """Tasks from ``compressor.images``, taken ``prefetch`` at a time.
@@ -92,7 +93,13 @@ class CompressorWorker:
         loop = asyncio.get_running_loop()
         try:
             result: Compressed = await loop.run_in_executor(
-                self.executor, _compress_job, data, self.quality, self.max_pixels, self.max_frames
+                self.executor,
+                _compress_job,
+                data,
+                self.quality,
+                self.max_pixels,
+                self.max_frames,
+                self.jpeg_fast_path,
             )
         except ImageRejected as exc:
             # bytes_in counts compressed images only: a rejected download saved nothing, and counting it
@@ -112,9 +119,10 @@ class CompressorWorker:
                 output_url=self.storage.public_url(key),
                 bytes_in=len(data),
                 bytes_out=len(result.data),
+                codec=result.codec,
             ),
         )
-        log.info("image_done", bytes_in=len(data), bytes_out=len(result.data), format=result.format)
+        log.info("image_done", bytes_in=len(data), bytes_out=len(result.data), format=result.format, codec=result.codec)
 
     async def _fail(self, task: ImageTask, reason: str, bytes_in: int) -> None:
         reason = short_reason(reason)  # it may quote a remote server or the file: one printable line, no markup
@@ -133,5 +141,7 @@ class CompressorWorker:
         )
 
 
-def _compress_job(data: bytes, quality: int, max_pixels: int, max_frames: int) -> Compressed:
-    return compress(data, quality=quality, max_pixels=max_pixels, max_frames=max_frames)
+def _compress_job(data: bytes, quality: int, max_pixels: int, max_frames: int, jpeg_fast_path: bool) -> Compressed:
+    return compress(
+        data, quality=quality, max_pixels=max_pixels, max_frames=max_frames, jpeg_fast_path=jpeg_fast_path
+    )
