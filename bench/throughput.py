@@ -67,11 +67,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from services.compressor.compress import compress  # noqa: E402
-from tests.support.photos import DATA_DIR, PHOTOS  # noqa: E402
-from tests.support.stack import MANAGEMENT, MANAGEMENT_HEADERS, create_vhost, delete_vhost, service_env  # noqa: E402
+from testkit.photos import DATA_DIR, PHOTOS  # noqa: E402
+from testkit.stack import (  # noqa: E402
+    MANAGEMENT,
+    MANAGEMENT_HEADERS,
+    STATE,
+    create_vhost,
+    delete_vhost,
+    service_env,
+)
 
 OUT = REPO / "bench" / "out"
-STATE = Path(os.environ.get("PIXPRESS_STATE_DIR", REPO / ".run"))
 VENV = REPO / ".venv"
 VHOST = "pixpress-throughput"
 DATABASE = "pixpress_throughput"

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from testkit.stack import create_vhost, delete_vhost
 from tests.support.client import API
 from tests.support.servers import ImageHost, WebhookReceiver
-from tests.support.stack import create_vhost, delete_vhost
 
 
 @pytest.fixture(scope="session")

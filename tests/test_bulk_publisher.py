@@ -18,7 +18,7 @@ import pytest
 from shared.broker import Broker
 from shared.bulk_publisher import BulkPublisher, BulkPublishError
 from shared.messages import ImageTask, Queue, RoutingKey
-from tests.support.stack import MANAGEMENT, MANAGEMENT_HEADERS, amqp_url
+from testkit.stack import MANAGEMENT, MANAGEMENT_HEADERS, amqp_url
 
 EXCHANGE = "bulk-test"
 

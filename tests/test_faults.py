@@ -23,6 +23,7 @@ from aiohttp import web
 
 from shared.broker import DELIVERY_LIMIT
 from shared.messages import Queue
+from testkit.stack import MANAGEMENT, MANAGEMENT_HEADERS
 from tests.support import stack
 from tests.support.client import API, csv_text, upload, wait_final
 from tests.support.photos import encode, photo
@@ -300,8 +301,8 @@ async def test_image_tasks_lost_from_the_queue_are_reissued_by_the_sweeper(
             assert loop.time() < deadline, "the fan-out never finished"
             await asyncio.sleep(0.2)
         async with (
-            aiohttp.ClientSession(headers=stack.MANAGEMENT_HEADERS) as management,
-            management.delete(f"{stack.MANAGEMENT}/queues/%2F/compressor.images/contents") as purge,
+            aiohttp.ClientSession(headers=MANAGEMENT_HEADERS) as management,
+            management.delete(f"{MANAGEMENT}/queues/%2F/compressor.images/contents") as purge,
         ):
             assert purge.status == 204, await purge.text()
     finally:

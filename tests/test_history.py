@@ -26,7 +26,7 @@ from shared.messages import ImageResult
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.timeutil import utcnow
-from tests.support import stack as control
+from testkit.stack import service_env
 from tests.support.client import API, csv_text, upload, wait_final
 from tests.support.photos import encode, photo
 from tests.support.servers import ImageHost, WebhookReceiver
@@ -83,7 +83,7 @@ async def stack_db() -> AsyncIterator[Database]:
 
 
 def retention_days_of_the_stack() -> int:
-    value = control.service_env().get("PIXPRESS_RETENTION_DAYS")
+    value = service_env().get("PIXPRESS_RETENTION_DAYS")
     if not value:
         pytest.fail("the stack runs without PIXPRESS_RETENTION_DAYS; `make test` sets it (scripts/stack.sh up)")
     return int(value)

@@ -24,12 +24,12 @@ from pymongo import AsyncMongoClient
 from shared.messages import ImageResult, ImageTask, Progress, RequestFinished, RequestStatus, RoutingKey
 from shared.settings import Settings
 from shared.timeutil import utcnow
+from testkit.stack import service_env
 from tests.support.apps import serve_api
 from tests.support.guarded import guarded_services
 from tests.support.photos import photo_bytes
 from tests.support.servers import ImageHost, WebhookReceiver
 from tests.support.spellings import FULLWIDTH, IDEOGRAPHIC, LOOPBACK_SPELLINGS, spelled
-from tests.support.stack import service_env
 
 # --- upload: CSV cells and webhook_url, on an ingest app with the guard on -------------------------------
 

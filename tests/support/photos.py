@@ -3,34 +3,12 @@
 from __future__ import annotations
 
 import io
-from functools import cache
-from pathlib import Path
 
-import skimage
 from PIL import Image
 
-DATA_DIR = Path(skimage.__file__).parent / "data"
-PHOTOS = (
-    "astronaut.png",
-    "chelsea.png",
-    "coffee.png",
-    "rocket.jpg",
-    "hubble_deep_field.jpg",
-    "motorcycle_left.png",
-    "retina.jpg",
-)
+from testkit.photos import DATA_DIR, PHOTOS, photo, photo_bytes
 
-
-@cache
-def photo_bytes(name: str) -> bytes:
-    return (DATA_DIR / name).read_bytes()
-
-
-@cache
-def photo(name: str) -> Image.Image:
-    image = Image.open(DATA_DIR / name)
-    image.load()
-    return image
+__all__ = ["DATA_DIR", "PHOTOS", "encode", "photo", "photo_as_jpeg", "photo_bytes", "reference_quantization"]
 
 
 def encode(image: Image.Image, fmt: str, **params: object) -> bytes:
