@@ -35,7 +35,7 @@ test: export PIXPRESS_MAX_CSV_BYTES ?= 16777216
 # The demo and the benchmark serve their images from 127.0.0.1.
 demo bench: export PIXPRESS_ALLOW_PRIVATE_URLS ?= true
 
-.PHONY: help install up down ps status logs restart test lint demo bench clean
+.PHONY: help install up down ps status logs restart test test-fast lint demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 10
@@ -65,6 +65,9 @@ test: ## the whole suite against the running stack (started here with the test s
 	@$(STACK) up
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+test-fast: ## only the tests that need no server (pytest -m pure): seconds, nothing started
+	$(VENV)/bin/pytest -q -m pure $(PYTEST_ARGS)
 
 lint: ## ruff, plus shellcheck when it is installed
 	$(VENV)/bin/ruff check .

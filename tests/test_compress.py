@@ -10,8 +10,10 @@ from PIL import Image, ImageChops, ImageCms, ImageSequence, ImageStat
 
 from services.compressor.compress import ImageRejected, compress
 from services.compressor.frame_budget import count_pixels
-from tests.support import bombs
+from tests.support import bombs, zoo
 from tests.support.photos import encode, photo, photo_as_jpeg, photo_bytes, reference_quantization
+
+pytestmark = pytest.mark.pure  # no server of the stack: `make test-fast` runs it
 
 
 def decoded(data: bytes) -> Image.Image:
@@ -131,10 +133,13 @@ def test_non_images_are_rejected_with_a_reason(data: bytes, fragment: str):
 
 
 def test_decompression_bomb_is_rejected_before_decoding():
-    bomb = encode(Image.new("L", (30000, 30000)), "PNG")
+    bomb = zoo.png_bomb()  # 30000 x 30000: 900 million pixels in about 100 KB
     assert len(bomb) < 2_000_000
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(ImageRejected, match="pixel limit"):
         compress(bomb, max_pixels=100_000_000)
+    # ru_maxrss is in KiB; decoding it, even at one byte a pixel, would have added 900 MB
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 100 * 1024
 
 
 # --- multi-frame bombs and codec failures (issue 11): every frame counted before anything is decoded ------

@@ -8,6 +8,8 @@ import pytest
 
 from services.ingest.csv_parser import CsvReader, HeaderError, Limits, ProductRow, RowProblem, url_problem
 
+pytestmark = pytest.mark.pure  # no server of the stack: `make test-fast` runs it
+
 LIMITS = Limits(max_rows=100, max_urls_per_row=3, max_url_length=200)
 
 

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from shared.messages import Queue
 from shared.settings import Settings
 
-yaml = pytest.importorskip("yaml", reason="PyYAML is needed to parse the deployment files")
+pytestmark = pytest.mark.pure  # no server of the stack: `make test-fast` runs it
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"

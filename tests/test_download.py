@@ -13,6 +13,8 @@ from tests.support.photos import photo_bytes
 from tests.support.servers import ImageHost
 from tests.support.spellings import LOOPBACK_SPELLINGS, spelled
 
+pytestmark = pytest.mark.pure  # no server of the stack: `make test-fast` runs it
+
 OPEN = DownloadLimits(max_bytes=5_000_000, max_redirects=3, total_timeout=3.0, allow_private=True)
 
 

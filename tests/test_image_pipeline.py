@@ -22,33 +22,12 @@ from pymongo import AsyncMongoClient
 
 from services.compressor.compress import ImageRejected, compress
 from services.compressor.frame_budget import set_pillow_backstop
-from shared.settings import Settings
-from tests.support import stack, zoo
+from testkit.stack import MANAGEMENT, MANAGEMENT_HEADERS, service_env, service_settings
+from tests.support import zoo
 from tests.support.client import API, csv_text, upload, wait_final
 from tests.support.photos import reference_quantization
 
-
-def service_settings() -> Settings:
-    """The settings the running services were started with: ``scripts/stack.sh up`` writes their PIXPRESS_*
-    environment to ``<state>/service.env``; this process's own PIXPRESS_* fill in when there is no such file."""
-    values = stack.service_env()
-    scalars = {
-        "read_timeout",
-        "download_timeout",
-        "connect_timeout",
-        "max_image_bytes",
-        "max_image_pixels",
-        "max_redirects",
-        "image_max_attempts",
-        "retry_base_delay_ms",
-        "jpeg_quality",
-        "jpeg_fast_path",
-    }
-    fields = {name.removeprefix("PIXPRESS_").lower(): value for name, value in values.items()}
-    return Settings(**{name: value for name, value in fields.items() if name in scalars})
-
-
-SETTINGS = service_settings()
+SETTINGS = service_settings()  # what the running services were started with
 
 
 @dataclass(frozen=True)
@@ -150,8 +129,8 @@ JITTER = (1.0, 1.1, 1.2, 1.3)  # services.compressor.worker.retry_delay_ms
 async def delay_publishes() -> dict[str, int]:
     """Messages ever published to each image delay queue, from the RabbitMQ management API."""
     async with (
-        aiohttp.ClientSession(headers=stack.MANAGEMENT_HEADERS) as session,
-        session.get("http://127.0.0.1:15672/api/queues", params={"columns": "name,message_stats"}) as answer,
+        aiohttp.ClientSession(headers=MANAGEMENT_HEADERS) as session,
+        session.get(f"{MANAGEMENT}/queues", params={"columns": "name,message_stats"}) as answer,
     ):
         assert answer.status == 200, await answer.text()
         queues = await answer.json()
@@ -438,7 +417,7 @@ PIXEL_JPEGS = {"sideways-exif6.jpg", "cmyk.jpg"}  # EXIF orientation 6; CMYK
 
 async def test_each_result_records_the_codec_that_made_it(run: Run):
     """The compressor's result message carries the codec, and the aggregator stores it with the result."""
-    env = stack.service_env()
+    env = service_env()
     client: AsyncMongoClient = AsyncMongoClient(env.get("PIXPRESS_MONGO_URL", "mongodb://127.0.0.1:27017/"))
     try:
         db = client[env.get("PIXPRESS_MONGO_DB", "pixpress")]

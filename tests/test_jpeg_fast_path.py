@@ -18,6 +18,8 @@ from services.compressor import jpeg_fast
 from services.compressor.compress import compress
 from tests.support.photos import encode, photo, reference_quantization
 
+pytestmark = pytest.mark.pure  # no server of the stack: `make test-fast` runs it
+
 QUALITY = 50
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
 # How the sources are made: Pillow's own defaults are 4:2:0 baseline.

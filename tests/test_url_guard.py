@@ -22,6 +22,8 @@ from yarl import URL
 from services.ingest.csv_parser import url_problem
 from shared.url_guard import BlockedAddressError, check_url
 
+pytestmark = pytest.mark.pure  # no server of the stack: `make test-fast` runs it
+
 # --- the oracle: where would aiohttp connect for this string? ----------------------------------------------
 
 
