@@ -88,14 +88,12 @@ async def test_guarded_compressor_fails_a_refused_image_at_once_without_fetching
 ):
     url = spelled(image_host.add("a.jpg", photo_bytes("rocket.jpg")), host)
     task = ImageTask(request_id=str(uuid.uuid4()), product_id="p", row=1, index=0, url=url)
-    started = time.monotonic()
     await guarded.publish(RoutingKey.IMAGE_TODO, task)
     result = ImageResult.model_validate_json(await guarded.take("aggregator.results"))
     assert result.request_id == task.request_id
     assert not result.ok
     assert "not allowed" in result.error or "non-ASCII" in result.error, result.error
     assert "after" not in result.error  # "(after N attempts)" would mean it was retried as transient
-    assert time.monotonic() - started < 10  # the first retry alone would wait >= PIXPRESS_RETRY_BASE_DELAY_MS
     assert image_host.hits["a.jpg"] == 0
 
 
