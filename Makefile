@@ -35,7 +35,7 @@ test: export PIXPRESS_MAX_CSV_BYTES ?= 16777216
 # The demo and the benchmark serve their images from 127.0.0.1.
 demo bench: export PIXPRESS_ALLOW_PRIVATE_URLS ?= true
 
-.PHONY: help install up down ps status logs restart test test-fast lint demo bench clean
+.PHONY: help install up down ps status logs restart test test-fast lint lock demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 10
@@ -72,6 +72,10 @@ test-fast: ## only the tests that need no server (pytest -m pure): seconds, noth
 lint: ## ruff, plus shellcheck when it is installed
 	$(VENV)/bin/ruff check .
 	@if command -v shellcheck >/dev/null; then shellcheck -x scripts/*.sh .ci/run; else echo "shellcheck not installed, skipped"; fi
+
+lock: ## after a dependency change in pyproject.toml: pin every version again in constraints.txt (needs PyPI)
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+		--custom-compile-command "make lock" -o constraints.txt
 
 demo: ## start the stack and process the bundled sample CSV
 	@$(STACK) up

@@ -83,14 +83,29 @@ def test_dockerfile_builds_one_non_root_image_for_every_service():
     text = DOCKERFILE.read_text()
     bases = re.findall(r"^ARG PYTHON_IMAGE=(\S+)|^FROM (\S+)", text, re.MULTILINE)
     assert any(re.fullmatch(r"python:3\.1[1-9]-slim(-\w+)?", arg or base) for arg, base in bases), bases
-    assert "pip install --no-cache-dir ." in text
-    assert "[test]" not in text, "the image must not install the test extras"
+    installs = re.findall(r"pip install [^\n]*", text)
+    assert installs == ["pip install --no-cache-dir -c constraints.txt ."], installs  # pinned, and no extras
     users = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
     assert users, "the image must not run as root"
     assert users[-1].split(":")[0] not in ("root", "0")
     assert re.search(r'^CMD \["pixpress-ingest"\]', text, re.MULTILINE)
     ignored = set((ROOT / ".dockerignore").read_text().split())
-    assert {".venv", ".git", ".run", "bench/out", ".pytest_cache"} <= ignored
+    assert {".venv", ".git", ".run", "bench/out", ".pytest_cache", "tests", "testkit"} <= ignored
+    assert "constraints.txt" not in ignored
+
+
+def test_service_dependencies_leave_the_stack_and_test_tools_to_extras():
+    """The image installs ``dependencies`` only: supervisor, tqdm and the test tools must not be among them, and
+    every runtime dependency is pinned in constraints.txt."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = {re.split(r"[<>=\[ ;]", requirement)[0].lower() for requirement in project["dependencies"]}
+    extras = project["optional-dependencies"]
+    assert not runtime & {"supervisor", "tqdm", "pytest", "scikit-image", "ruff", "mypy"}, runtime
+    assert {"supervisor", "tqdm"} <= {re.split(r"[<>=\[ ;]", r)[0].lower() for r in extras["stack"]}
+    pinned = {
+        line.split("==")[0].lower() for line in (ROOT / "constraints.txt").read_text().splitlines() if "==" in line
+    }
+    assert runtime <= pinned, runtime - pinned
 
 
 # --- docker-compose.yml -----------------------------------------------------------------------------------
