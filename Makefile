@@ -69,8 +69,9 @@ test: ## the whole suite against the running stack (started here with the test s
 test-fast: ## only the tests that need no server (pytest -m pure): seconds, nothing started
 	$(VENV)/bin/pytest -q -m pure $(PYTEST_ARGS)
 
-lint: ## ruff, plus shellcheck when it is installed
+lint: ## ruff, mypy (configured in pyproject.toml), plus shellcheck when it is installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	@if command -v shellcheck >/dev/null; then shellcheck -x scripts/*.sh .ci/run; else echo "shellcheck not installed, skipped"; fi
 
 lock: ## after a dependency change in pyproject.toml: pin every version again in constraints.txt (needs PyPI)

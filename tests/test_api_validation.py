@@ -163,8 +163,8 @@ async def raw_request(headers: bytes, body: bytes, gate: asyncio.Event | None = 
     if "chunked" in fields.get("transfer-encoding", ""):
         payload = _dechunk(payload)
     content_type = fields.get("content-type", "").split(";")[0]
-    body: Any = json.loads(payload) if payload and "json" in content_type else payload.decode("utf-8", "replace")
-    return Answer(status, content_type, body)
+    answer: Any = json.loads(payload) if payload and "json" in content_type else payload.decode("utf-8", "replace")
+    return Answer(status, content_type, answer)
 
 
 def _dechunk(data: bytes) -> bytes:

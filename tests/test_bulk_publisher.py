@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 import aio_pika
 import aiohttp
 import pytest
+from aio_pika.abc import AbstractIncomingMessage
 
 from shared.broker import Broker
 from shared.bulk_publisher import BulkPublisher, BulkPublishError
@@ -23,7 +25,7 @@ from testkit.stack import MANAGEMENT, MANAGEMENT_HEADERS, amqp_url
 EXCHANGE = "bulk-test"
 
 
-async def declare(vhost: str, queue: str, routing_key: str, queue_type: str = "quorum", **arguments: object) -> None:
+async def declare(vhost: str, queue: str, routing_key: str, queue_type: str = "quorum", **arguments: Any) -> None:
     connection = await aio_pika.connect(amqp_url(vhost))
     async with connection:
         channel = await connection.channel()
@@ -32,9 +34,9 @@ async def declare(vhost: str, queue: str, routing_key: str, queue_type: str = "q
         await declared.bind(exchange, routing_key)
 
 
-async def drain(vhost: str, queue: str, expected: int, timeout: float = 30.0) -> list[aio_pika.IncomingMessage]:
+async def drain(vhost: str, queue: str, expected: int, timeout: float = 30.0) -> list[AbstractIncomingMessage]:
     """Consume (and ack) until ``expected`` messages arrived, then make sure no extra one follows."""
-    received: list[aio_pika.IncomingMessage] = []
+    received: list[AbstractIncomingMessage] = []
     connection = await aio_pika.connect(amqp_url(vhost))
     async with connection:
         channel = await connection.channel()

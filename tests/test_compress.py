@@ -11,7 +11,7 @@ from PIL import Image, ImageChops, ImageCms, ImageSequence, ImageStat
 from services.compressor.compress import ImageRejected, compress
 from services.compressor.frame_budget import count_pixels
 from tests.support import bombs, zoo
-from tests.support.photos import encode, photo, photo_as_jpeg, photo_bytes, reference_quantization
+from tests.support.photos import encode, photo, photo_as_jpeg, photo_bytes, quantization, reference_quantization
 
 pytestmark = pytest.mark.pure  # no server of the stack: `make test-fast` runs it
 
@@ -28,7 +28,7 @@ def test_jpeg_photo_stays_jpeg_with_quality_50_tables_and_same_size():
     out = decoded(result.data)
     assert (result.format, out.format) == ("JPEG", "JPEG")
     assert out.size == photo("rocket.jpg").size
-    assert out.quantization == reference_quantization(photo("rocket.jpg"))
+    assert quantization(out) == reference_quantization(photo("rocket.jpg"))
     assert len(result.data) < len(source)
 
 
@@ -36,7 +36,7 @@ def test_opaque_png_photo_becomes_jpeg_at_quality_50():
     result = compress(photo_bytes("astronaut.png"))
     out = decoded(result.data)
     assert out.format == "JPEG" and out.size == (512, 512)
-    assert out.quantization == reference_quantization(photo("astronaut.png"))
+    assert quantization(out) == reference_quantization(photo("astronaut.png"))
 
 
 def test_webp_stays_webp():
@@ -52,8 +52,8 @@ def test_transparent_png_becomes_webp_with_alpha_kept():
     rgba.putalpha(alpha)
     out = decoded(compress(encode(rgba, "PNG")).data)
     assert out.format == "WEBP" and out.mode == "RGBA"
-    assert out.getpixel((10, 10))[3] == 0
-    assert out.getpixel((300, 200))[3] == 255
+    assert out.getchannel("A").getpixel((10, 10)) == 0
+    assert out.getchannel("A").getpixel((300, 200)) == 255
 
 
 def test_palette_png_with_trns_becomes_webp_with_alpha():
@@ -61,7 +61,7 @@ def test_palette_png_with_trns_becomes_webp_with_alpha():
     index = palette.getpixel((0, 0))
     out = decoded(compress(encode(palette, "PNG", transparency=index)).data)
     assert out.format == "WEBP" and out.mode == "RGBA"
-    assert out.getpixel((0, 0))[3] == 0
+    assert out.getchannel("A").getpixel((0, 0)) == 0
 
 
 def test_orientation_6_comes_out_upright_without_exif_and_gps():
@@ -114,7 +114,7 @@ def test_progressive_jpeg_input():
 
 def test_animated_gif_becomes_animated_webp_with_all_frames():
     source = photo_bytes("no_time_for_that_tiny.gif")
-    frames = Image.open(io.BytesIO(source)).n_frames
+    frames = getattr(Image.open(io.BytesIO(source)), "n_frames", 1)
     out = decoded(compress(source).data)
     assert out.format == "WEBP" and getattr(out, "n_frames", 1) == frames > 1
 

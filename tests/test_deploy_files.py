@@ -172,7 +172,8 @@ def test_compose_environment_is_valid_settings(compose):
         env = compose["services"][name]["environment"]
         assert isinstance(env, dict), f"{name}: use the mapping form so the shared env anchor can merge"
         values = {key: _interpolate(str(value)) for key, value in env.items() if value is not None}
-        settings = Settings(**{key.removeprefix(PREFIX).lower(): value for key, value in values.items()})
+        # validated as given: model_validate, unlike Settings(), adds nothing from this process's environment
+        settings = Settings.model_validate({key.removeprefix(PREFIX).lower(): value for key, value in values.items()})
         assert settings.api_host == "0.0.0.0"
         assert settings.health_host == "0.0.0.0"
         assert settings.health_port == 8080
@@ -240,7 +241,7 @@ def test_k8s_config_is_valid_settings_and_keeps_secrets_out_of_the_configmap(k8s
     assert not leaked, f"secrets in the ConfigMap: {leaked}"
     assert not set(config) & set(secret)
     merged = {**config, **secret}
-    settings = Settings(**{key.removeprefix(PREFIX).lower(): value for key, value in merged.items()})
+    settings = Settings.model_validate({key.removeprefix(PREFIX).lower(): value for key, value in merged.items()})
     assert settings.api_port == 5000
     assert settings.health_port == 8080
     assert settings.health_host == settings.api_host == "0.0.0.0"

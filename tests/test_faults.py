@@ -227,7 +227,8 @@ async def test_outbox_left_set_by_a_crash_is_republished_with_the_same_webhook_i
         while len(webhook.deliveries) < 2:
             assert loop.time() < deadline, "the sweeper did not republish the outbox"
             await asyncio.sleep(0.2)
-        assert (await db.requests.find_one({"_id": request_id}))["outbox_pending"] is False
+        request = await db.requests.find_one({"_id": request_id})
+        assert request is not None and request["outbox_pending"] is False
     finally:
         await client.close()
     assert {d.headers["webhook-id"] for d in webhook.deliveries} == {f"msg_{request_id}"}

@@ -242,7 +242,8 @@ async def test_products_are_paged_by_row_key(stack: str, http: aiohttp.ClientSes
             assert answer.status == 200, await answer.text()
             return await answer.json()
 
-    pages, path = [], f"/requests/{request_id}/products?limit=3"
+    pages: list[dict] = []
+    path: str | None = f"/requests/{request_id}/products?limit=3"
     while path:
         pages.append(await page(path))
         path = pages[-1].get("next")

@@ -25,7 +25,7 @@ from services.compressor.frame_budget import set_pillow_backstop
 from testkit.stack import MANAGEMENT, MANAGEMENT_HEADERS, service_env, service_settings
 from tests.support import zoo
 from tests.support.client import API, csv_text, upload, wait_final
-from tests.support.photos import reference_quantization
+from tests.support.photos import quantization, reference_quantization
 
 SETTINGS = service_settings()  # what the running services were started with
 
@@ -280,7 +280,7 @@ def test_policy_format_size_pixels_and_metadata(run: Run, good: Good):
     assert url.endswith(".jpg" if good.fmt == "JPEG" else ".webp")
     assert f"/images/{run.request_id}/" in url
     assert out.size == shows.size  # dimensions as displayed (orientation applied), never resized
-    transparent = shows.mode == "RGBA" and shows.getchannel("A").getextrema()[0] < 255
+    transparent = shows.mode == "RGBA" and shows.getchannel("A").getextrema() != (255, 255)
     if transparent:
         assert out.mode == "RGBA"
         assert ImageChops.difference(out.getchannel("A"), shows.getchannel("A")).getbbox() is None  # alpha exact
@@ -291,7 +291,7 @@ def test_policy_format_size_pixels_and_metadata(run: Run, good: Good):
     assert _mean_difference(out, shows) < limit
     if good.fmt == "JPEG":
         reference = reference_quantization(shows, SETTINGS.jpeg_quality)
-        assert out.quantization == ({0: reference[0]} if out.mode == "L" else reference)
+        assert quantization(out) == ({0: reference[0]} if out.mode == "L" else reference)
     # the ICC profile survives (CMYK is converted to sRGB, so its source profile does not apply any more)
     if source.mode != "CMYK":
         assert out.info.get("icc_profile") == source.info.get("icc_profile")
@@ -312,7 +312,7 @@ def test_grey_and_16_bit_sources_come_out_grey_and_scaled(run: Run):
 def test_animated_gif_becomes_animated_webp_with_every_frame(run: Run):
     _, out = _decoded(run, "G-animated.gif")
     assert out.format == "WEBP" and getattr(out, "is_animated", False)
-    assert out.n_frames == len(ANIMATED_FRAMES) == len(zoo.ANIMATION_DURATIONS)
+    assert getattr(out, "n_frames", 1) == len(ANIMATED_FRAMES) == len(zoo.ANIMATION_DURATIONS)
     assert out.size == ANIMATED_FRAMES[0].size
     for i, (frame, duration) in enumerate(zip(ANIMATED_FRAMES, zoo.ANIMATION_DURATIONS, strict=True)):
         out.seek(i)

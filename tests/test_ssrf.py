@@ -91,7 +91,7 @@ async def test_guarded_compressor_fails_a_refused_image_at_once_without_fetching
     await guarded.publish(RoutingKey.IMAGE_TODO, task)
     result = ImageResult.model_validate_json(await guarded.take("aggregator.results"))
     assert result.request_id == task.request_id
-    assert not result.ok
+    assert not result.ok and result.error is not None
     assert "not allowed" in result.error or "non-ASCII" in result.error, result.error
     assert "after" not in result.error  # "(after N attempts)" would mean it was retried as transient
     assert image_host.hits["a.jpg"] == 0

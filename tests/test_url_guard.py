@@ -65,7 +65,7 @@ def connect_target(url: str) -> str | None:
         info = socket.getaddrinfo(host, 80, flags=socket.AI_NUMERICHOST, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
         return None
-    return info[0][4][0]
+    return str(info[0][4][0])
 
 
 # --- the strategies --------------------------------------------------------------------------------------
