@@ -735,7 +735,7 @@ async def test_health_is_open_without_a_key(keyed_api: TestClient):
 
 @pytest.mark.parametrize("path", ["/openapi.json", "/docs"])
 async def test_openapi_and_docs_need_the_key_too(keyed_api: TestClient, path: str):
-    """They describe every route and limit; the README promised every route but /healthz is protected (issue 11)."""
+    """They describe every route and limit; every route but /healthz is protected (issue 11, docs/configuration.md)."""
     async with keyed_api.get(path) as response:
         assert response.status == 401
         assert response.content_type == PROBLEM_JSON
