@@ -91,40 +91,13 @@ supervisord_pid() {
     printf '%s\n' "$pid"
 }
 
-# "<name> <STATE> <pid>" per program, from supervisord.
-sv_states() {
-    sv status 2>/dev/null | awk '{
-        name = $1; sub(/^[^:]*:/, "", name); pid = "-"
-        for (i = 3; i < NF; i++) if ($i == "pid") { pid = $(i + 1); sub(/,$/, "", pid) }
-        print name, $2, pid }' || true
-}
+# supervisord's XML-RPC API and the health probes (scripts/stackctl.py): ps, names, start, wait, health.
+ctl() { "$VENV/bin/python" "$REPO/scripts/stackctl.py" --state "$STATE" --prefix "${CMD:-stack}" "$@"; }
 
-# Health probes (see scripts/healthcheck.py) as NAME=PROBE words.
-probes_for() {
-    local name api_port
-    for name; do
-        case $name in
-        rabbitmq) printf '%s\n' "rabbitmq=tcp://127.0.0.1:$RABBITMQ_PORT" \
-            "rabbitmq=http://$RABBITMQ_USER:$RABBITMQ_PASSWORD@127.0.0.1:$RABBITMQ_MANAGEMENT_PORT/api/overview" ;;
-        ferretdb) printf '%s\n' "ferretdb=tcp://127.0.0.1:$FERRETDB_PORT" ;;
-        minio) printf '%s\n' "minio=http://127.0.0.1:$MINIO_PORT/minio/health/live" ;;
-        ingest)
-            # shellcheck disable=SC1090
-            api_port=$(if [ -r "$SERVICE_ENV" ]; then . "$SERVICE_ENV"; fi; printf '%s' "${PIXPRESS_API_PORT:-$API_PORT}")
-            printf 'ingest=http://127.0.0.1:%s/healthz\n' "$api_port" ;;
-        aggregator | notifier) printf '%s=http://127.0.0.1:%s/healthz\n' "$name" "$(health_port "$name")" ;;
-        compressor-*) printf '%s=http://127.0.0.1:%s/healthz\n' "$name" "$(health_port "$name")" ;;
-        esac
-    done
-}
-
-health_pass() { "$VENV/bin/python" "$REPO/scripts/healthcheck.py" "$@"; }
-
-log_tail() {
-    local name=$1 f=$LOGS/$1.log
-    [ -s "$f" ] || { printf '   (no output in %s)\n' "$f" >&2; return 0; }
-    printf -- '--- last lines of %s ---\n' "$f" >&2
-    tail -n "${2:-25}" "$f" | cut -c1-400 >&2
+# The ingest API's port: PIXPRESS_API_PORT as the services got it, else scripts/stack.env's.
+api_port() {
+    # shellcheck disable=SC1090
+    (if [ -r "$SERVICE_ENV" ]; then . "$SERVICE_ENV"; fi; printf '%s\n' "${PIXPRESS_API_PORT:-$API_PORT}")
 }
 
 # Processes carrying this stack's marker: whatever survived its supervisord (e.g. after a kill -9 of supervisord).
@@ -297,58 +270,6 @@ EOF
 
 # --- subcommands ------------------------------------------------------------------------------------------------
 
-# Starts the named programs that are not RUNNING/STARTING (supervisord does the starting in parallel for "all").
-start_missing() {
-    local states name st missing=() all=$1
-    shift
-    states=$(sv_states)
-    for name; do
-        st=$(awk -v n="$name" '$1 == n { print $2 }' <<<"$states")
-        case $st in RUNNING | STARTING) ;; *) missing+=("$name") ;; esac
-    done
-    [ "${#missing[@]}" -gt 0 ] || return 0
-    say "starting ${missing[*]}"
-    if [ "$all" = all ]; then
-        sv start all >/dev/null 2>&1 || true
-    else
-        for name in "${missing[@]}"; do sv start "$(sv_name "$name")" >/dev/null 2>&1 || true; done
-    fi
-}
-
-# Waits until every named program passes its probes; deadline in $DEADLINE (epoch seconds).
-wait_healthy() {
-    local names=("$@") probes=() out prev="" tick=0 failing name states st
-    mapfile -t probes < <(probes_for "${names[@]}")
-    while :; do
-        if out=$(health_pass "${probes[@]}"); then return 0; fi
-        failing=$(cut -f1 <<<"$out" | tr '\n' ' ')
-        if [ "$failing" != "$prev" ]; then
-            say "waiting for: $failing($(( $(date +%s) - START ))s)"
-            prev=$failing
-        fi
-        if [ "$(date +%s)" -ge "$DEADLINE" ]; then
-            printf '%s: ERROR: not healthy after %ss:\n' "$CMD" "$TIMEOUT" >&2
-            printf '   %s\n' "${out//$'\t'/: }" >&2
-            for name in $failing; do log_tail "$name"; done
-            printf '%s: the stack is left running for inspection: scripts/stack.sh status | logs NAME, make down\n' \
-                "$CMD" >&2
-            exit 1
-        fi
-        if ((++tick % 3 == 0)); then # a program supervisord gave up on will not get healthy by waiting
-            states=$(sv_states)
-            for name in $failing; do
-                st=$(awk -v n="$name" '$1 == n { print $2 }' <<<"$states")
-                if [ "$st" = FATAL ]; then
-                    printf '%s: ERROR: %s keeps exiting (supervisord gave up: FATAL)\n' "$CMD" "$name" >&2
-                    log_tail "$name" 40
-                    exit 1
-                fi
-            done
-        fi
-        sleep 1
-    done
-}
-
 cmd_up() {
     local began
     began=$(date +%s)
@@ -360,7 +281,6 @@ cmd_up() {
     # waiting for another stack.sh's lock eats into it.
     START=$(date +%s)
     TIMEOUT=${PIXPRESS_STACK_TIMEOUT:-180}
-    DEADLINE=$((START + TIMEOUT))
     mkdir -p "$LOGS" "$STATE/rabbitmq/mnesia" "$STATE/rabbitmq/log" "$STATE/ferretdb" "$STATE/ferretdb-state" \
         "$STATE/minio"
     touch "$STATE/.pixpress-state"
@@ -408,17 +328,17 @@ cmd_up() {
         fi
     fi
 
-    start_missing some "${INFRA[@]}"
-    wait_healthy "${INFRA[@]}"
+    ctl start "${INFRA[@]}"
+    ctl wait --since "$START" --timeout "$TIMEOUT" "${INFRA[@]}" || exit 1
     if [ "${#services[@]}" -gt 0 ]; then
-        start_missing all "${services[@]}"
-        wait_healthy "${INFRA[@]}" "${services[@]}"
+        ctl start --all "${services[@]}"
+        ctl wait --since "$START" --timeout "$TIMEOUT" "${INFRA[@]}" "${services[@]}" || exit 1
     fi
     local total=""
     if ((START - began >= 5)); then total=" ($(( $(date +%s) - began ))s with the install)"; fi
     say "all healthy in $(( $(date +%s) - START ))s$total: ${INFRA[*]}${services[*]:+ ${services[*]}}"
     if [ "${#services[@]}" -gt 0 ]; then
-        say "API http://127.0.0.1:$(probes_for ingest | sed -n 's|.*:\([0-9]*\)/healthz$|\1|p'), RabbitMQ UI http://127.0.0.1:$RABBITMQ_MANAGEMENT_PORT ($RABBITMQ_USER/$RABBITMQ_PASSWORD), MinIO http://127.0.0.1:$MINIO_PORT"
+        say "API http://127.0.0.1:$(api_port), RabbitMQ UI http://127.0.0.1:$RABBITMQ_MANAGEMENT_PORT ($RABBITMQ_USER/$RABBITMQ_PASSWORD), MinIO http://127.0.0.1:$MINIO_PORT"
     fi
 }
 
@@ -448,31 +368,18 @@ cmd_down() {
 
 cmd_ps() {
     supervisord_pid >/dev/null || return 0
-    sv_states | awk '$2 == "RUNNING" {
-        rank = 1000
-        if ($1 == "rabbitmq") rank = 1; else if ($1 == "ferretdb") rank = 2; else if ($1 == "minio") rank = 3
-        else if ($1 == "ingest") rank = 4; else if ($1 == "aggregator") rank = 5; else if ($1 == "notifier") rank = 6
-        else if ($1 ~ /^compressor-[0-9]+$/) rank = 100 + substr($1, 12)
-        print rank, $1, $3 }' | sort -n -k1,1 | cut -d' ' -f2-
+    ctl ps
 }
 
 cmd_status() {
-    local pid names out probes=()
+    local pid
     if ! pid=$(supervisord_pid); then
         say "down (no supervisord for $STATE)"
         return 3
     fi
     printf 'supervisord pid %s, state %s\n' "$pid" "$STATE"
     sv status || true
-    mapfile -t names < <(sv_states | cut -d' ' -f1)
-    mapfile -t probes < <(probes_for "${names[@]}")
-    if out=$(health_pass "${probes[@]}"); then
-        printf 'health: all %s programs healthy\n' "${#names[@]}"
-    else
-        printf 'health: NOT healthy:\n'
-        printf '   %s\n' "${out//$'\t'/: }"
-        return 1
-    fi
+    ctl health
 }
 
 cmd_logs() {
@@ -494,20 +401,19 @@ cmd_logs() {
 cmd_restart() {
     START=$(date +%s)
     TIMEOUT=${PIXPRESS_STACK_TIMEOUT:-180}
-    DEADLINE=$((START + TIMEOUT))
     supervisord_pid >/dev/null || die "the stack is not running: scripts/stack.sh up"
-    local names=("$@") name infra=() services=()
-    if [ "${#names[@]}" -eq 0 ]; then mapfile -t names < <(sv_states | cut -d' ' -f1 | grep -vxE 'rabbitmq|ferretdb|minio'); fi
+    local names=("$@") name services=()
+    if [ "${#names[@]}" -eq 0 ]; then mapfile -t names < <(ctl names | grep -vxF -f <(printf '%s\n' "${INFRA[@]}")); fi
     for name in "${names[@]}"; do
-        case $name in rabbitmq | ferretdb | minio) infra+=("$name") ;; *) services+=("$name") ;; esac
+        case " ${INFRA[*]} " in *" $name "*) ;; *) services+=("$name") ;; esac
     done
     say "restarting ${names[*]}"
     for name in "${names[@]}"; do sv stop "$(sv_name "$name")" >/dev/null 2>&1 || true; done
-    start_missing some "${INFRA[@]}"
-    wait_healthy "${INFRA[@]}"
+    ctl start "${INFRA[@]}"
+    ctl wait --since "$START" --timeout "$TIMEOUT" "${INFRA[@]}" || exit 1
     if [ "${#services[@]}" -gt 0 ]; then
-        start_missing all "${services[@]}"
-        wait_healthy "${services[@]}"
+        ctl start --all "${services[@]}"
+        ctl wait --since "$START" --timeout "$TIMEOUT" "${services[@]}" || exit 1
     fi
     say "restarted and healthy in $(( $(date +%s) - START ))s"
 }

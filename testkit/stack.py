@@ -1,6 +1,7 @@
 """Where the native stack (scripts/stack.sh) runs and how to reach it.
 
-Names and ports come from ``scripts/stack.env``, the file stack.sh itself sources, so they are written once.
+Names and ports come from ``scripts/stack.env``, the file stack.sh itself sources (parsed by scripts/stackctl.py,
+which stack.sh calls), so they are written once.
 The services' configuration is what ``stack.sh up`` handed them (``<state>/service.env``), not what this
 process happens to have in its environment.
 """
@@ -9,37 +10,23 @@ from __future__ import annotations
 
 import base64
 import os
-import shlex
 from functools import cache
 from pathlib import Path
 from unittest import mock
 
 import aiohttp
 
+from scripts import stackctl
 from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("PIXPRESS_STATE_DIR", REPO / ".run"))
-LAYOUT_FILE = REPO / "scripts" / "stack.env"
-
-
-def read_assignments(text: str) -> dict[str, str]:
-    """``KEY=VALUE`` lines as a shell reads them (quotes, comments, an optional ``export``)."""
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        words = shlex.split(line, comments=True)
-        if words[:1] == ["export"]:
-            words = words[1:]
-        if len(words) == 1 and "=" in words[0]:
-            name, _, value = words[0].partition("=")
-            values[name] = value
-    return values
 
 
 @cache
 def layout() -> dict[str, str]:
     """scripts/stack.env: program names and ports."""
-    return read_assignments(LAYOUT_FILE.read_text())
+    return stackctl.layout()
 
 
 def port(name: str) -> int:
@@ -54,13 +41,6 @@ def servers() -> list[str]:
 def services() -> list[str]:
     """The services other than the compressors (those are ``compressor-1`` ... ``compressor-N``)."""
     return layout()["SERVICES"].split()
-
-
-def health_port(service: str) -> int:
-    """The port of a worker's ``/healthz`` under the native stack."""
-    if service.startswith("compressor-"):
-        return int(layout()["COMPRESSOR_HEALTH_PORT_BASE"]) + int(service.removeprefix("compressor-"))
-    return port(f"{service.upper()}_HEALTH")
 
 
 def _credentials() -> tuple[str, str]:
@@ -102,7 +82,7 @@ def service_env() -> dict[str, str]:
     values = {k: v for k, v in os.environ.items() if k.startswith("PIXPRESS_")}
     env_file = STATE / "service.env"
     if env_file.is_file():
-        values.update(read_assignments(env_file.read_text()))
+        values.update(stackctl.read_assignments(env_file.read_text()))
     return values
 
 
