@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -55,7 +56,7 @@ def install_stop_signals() -> asyncio.Event:
 def _dump_tasks() -> None:
     for task in asyncio.all_tasks():
         frames: list[str] = []
-        awaitable = task.get_coro()
+        awaitable: Any = task.get_coro()  # a coroutine, then whatever each one awaits
         while awaitable is not None and len(frames) < 50:  # follow the await chain, not just the top frame
             frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "ag_frame", None)
             if frame is not None:

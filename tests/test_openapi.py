@@ -207,7 +207,7 @@ async def test_real_answers_match_the_document(
 async def test_refusals_match_the_document(api_schema: Any):
     url = f"{API}/upload"
     header = "Serial Number,Product Name,Input Image Urls\n"
-    cases = [
+    cases: list[tuple[int, dict[str, Any]]] = [
         (400, {"files": {"file": ("a.csv", header + ",x,ftp://a.example/1.jpg\n", "text/csv")}}),
         (400, {"files": {"other": ("a.csv", header, "text/csv")}}),
         (415, {"data": header, "headers": {"Content-Type": "text/csv"}}),

@@ -89,6 +89,7 @@ class ResultTracker:
                 upsert=True,
                 return_document=ReturnDocument.AFTER,  # no projection: FerretDB 1.x findAndModify rejects "fields"
             )
+            assert progress is not None  # an upsert returning the document AFTER always has one
             settled = progress.get("images_done", 0) + progress.get("images_failed", 0)
             if total is not None and settled >= total:
                 await self.finisher.finish_if_complete_locked(request_id, counted_complete=True)

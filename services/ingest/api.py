@@ -5,9 +5,9 @@ from __future__ import annotations
 import hmac
 import re
 import uuid
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from services.ingest.docs_page import render_docs
 from services.ingest.openapi import DOCS_PATH, OPENAPI_PATH, build_openapi
@@ -28,7 +28,7 @@ MAX_PAGE = 500
 _INTEGER = re.compile(r"-?[0-9]{1,19}")
 MAX_OFFSET = 2**31 - 1  # larger skips overflow MongoDB's 64-bit integers (a 500); no request has that many rows
 
-def api_key_middleware(settings: Settings) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def api_key_middleware(settings: Settings) -> Middleware:
     """With ``PIXPRESS_API_KEY`` set every route but the health check needs ``X-API-Key`` (the OpenAPI document
     and ``/docs`` included); unset, all is open."""
     expected = settings.api_key.get_secret_value().encode() if settings.api_key else None

@@ -35,7 +35,8 @@ def problem_error(
     error_class: type[web.HTTPError], slug: str, title: str, detail: str, **extra: object
 ) -> web.HTTPError:
     """The same body as an exception, for code that must abort a handler from a helper."""
-    body = problem_body(error_class.status_code, slug, title, detail, **extra)
+    body = problem_body(error_class.status_code, slug, title, detail)
+    body.update(extra)
     return error_class(text=json.dumps(body), content_type=PROBLEM_JSON)
 
 

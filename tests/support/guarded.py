@@ -25,7 +25,7 @@ import aio_pika
 import aiohttp
 
 from shared.messages import Message, RoutingKey
-from tests.support.stack import REPO, STATE, create_vhost, delete_vhost, service_env
+from testkit.stack import REPO, STATE, create_vhost, delete_vhost, service_env
 
 
 def _free_port() -> int:
