@@ -77,24 +77,30 @@ class RequestAccepted(Message):
     request_id: str
 
 
-class ImageTask(Message):
-    """One input URL to download, compress and store."""
+class ImageSlot(Message):
+    """Which image a task or result is about: the ``index``-th URL of CSV row ``row`` (1 = first data row)."""
 
     request_id: str
     product_id: str
     row: int = Field(ge=1)
     index: int = Field(ge=0)
+
+
+class ImageTask(ImageSlot):
+    """One input URL to download, compress and store."""
+
     url: str
     attempt: int = Field(default=1, ge=1)
 
+    def settled(self, *, ok: bool, **outcome: object) -> ImageResult:
+        """The result that settles this task's slot."""
+        slot = {name: getattr(self, name) for name in ImageSlot.model_fields}
+        return ImageResult.model_validate({**slot, "ok": ok, **outcome})
 
-class ImageResult(Message):
+
+class ImageResult(ImageSlot):
     """The settled outcome of one ImageTask: an output URL or a reason."""
 
-    request_id: str
-    product_id: str
-    row: int = Field(ge=1)
-    index: int = Field(ge=0)
     ok: bool
     output_url: str | None = None
     error: str | None = None

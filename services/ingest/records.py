@@ -8,7 +8,8 @@ from urllib.parse import urlsplit
 
 from services.ingest.csv_parser import ProductRow
 from shared.database import product_id
-from shared.messages import Progress, RequestStatus
+from shared.lifecycle import is_open, progress_of
+from shared.messages import RequestStatus
 from shared.timeutil import utcnow
 
 
@@ -64,17 +65,6 @@ def product_document(request_id: str, row: ProductRow) -> dict[str, Any]:
     }
 
 
-def progress_of(document: dict[str, Any]) -> Progress:
-    return Progress(
-        products_total=document.get("products_total", 0),
-        images_total=document.get("images_total", 0),
-        images_done=document.get("images_done", 0),
-        images_failed=document.get("images_failed", 0),
-        bytes_in=document.get("bytes_in", 0),
-        bytes_out=document.get("bytes_out", 0),
-    )
-
-
 def _counts(live: dict[str, Any]) -> dict[str, Any]:
     keys = ("images_done", "images_failed", "bytes_in", "bytes_out")
     return {key: live.get(key, 0) for key in keys}
@@ -94,7 +84,7 @@ def status_view(document: dict[str, Any], live: dict[str, Any] | None) -> dict[s
     ``live`` is the aggregator's progress document; once the request is final its exact counts are in the
     request itself.
     """
-    final = document["status"] in (RequestStatus.COMPLETED.value, RequestStatus.FAILED.value)
+    final = not is_open(document["status"])
     progress = progress_of(document if final or not live else {**document, **_counts(live)})
     updated_at = document.get("updated_at")
     if live and live.get("updated_at") and (updated_at is None or live["updated_at"] > updated_at):
