@@ -16,12 +16,12 @@ import aiohttp
 from minio import Minio
 from pymongo import AsyncMongoClient
 
-from services.ingest.records import new_request_document
 from shared.messages import RequestAccepted, RoutingKey
 from shared.settings import Settings
 from tests.support.client import API, wait_final
 from tests.support.servers import WebhookReceiver
 from tests.support.stack import service_env
+from tests.support.staged import request_document
 
 BROKEN_CSV = b"Serial Number,Product Name,Input Image Urls\r\n,No serial,https://img.example/a.jpg\r\n"
 
@@ -30,25 +30,15 @@ async def stage_request(webhook_url: str) -> str:
     env = service_env()
     settings = Settings()
     request_id = str(uuid.uuid4())
-    csv_key = f"uploads/{request_id}/input.csv"
+    document = request_document(request_id, products=1, images=1, webhook_url=webhook_url)
     storage = Minio(
         settings.s3_endpoint,
         access_key=settings.s3_access_key.get_secret_value(),
         secret_key=settings.s3_secret_key.get_secret_value(),
         secure=False,
     )
-    storage.put_object(settings.s3_bucket, csv_key, io.BytesIO(BROKEN_CSV), len(BROKEN_CSV), content_type="text/csv")
-    document = new_request_document(
-        request_id,
-        csv_key=csv_key,
-        csv_sha256="-",
-        products_total=1,
-        images_total=1,
-        header=["Serial Number", "Product Name", "Input Image Urls"],
-        extra_columns=[],
-        webhook_url=webhook_url,
-        idempotency_key=None,
-    )
+    broken = io.BytesIO(BROKEN_CSV)
+    storage.put_object(settings.s3_bucket, document["csv_key"], broken, len(BROKEN_CSV), content_type="text/csv")
     client: AsyncMongoClient = AsyncMongoClient(env.get("PIXPRESS_MONGO_URL", "mongodb://127.0.0.1:27017/"))
     try:
         await client[env.get("PIXPRESS_MONGO_DB", "pixpress")].requests.insert_one(document)

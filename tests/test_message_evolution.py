@@ -20,13 +20,14 @@ import pytest_asyncio
 from pymongo import AsyncMongoClient
 
 from services.ingest.csv_parser import ProductRow
-from services.ingest.records import new_request_document, product_document
+from services.ingest.records import product_document
 from shared.database import product_id
 from shared.messages import RequestFinished, RequestStatus, RoutingKey
 from tests.support.guarded import GuardedServices, guarded_services
 from tests.support.photos import encode, photo
 from tests.support.servers import ImageHost
 from tests.support.stack import service_env
+from tests.support.staged import request_document
 
 # fields a later version might add: a priority for the task, a cache verdict for the result
 NEWER_TASK_FIELDS = {"priority": 5, "source_sha256": "9f86d081884c7d659a2feaa0c55ad015"}
@@ -49,17 +50,7 @@ async def database(services: GuardedServices) -> AsyncIterator[Any]:
 async def fanned_out_request(database: Any, url: str) -> str:
     """A request as ingest leaves it after its fan-out: one product with one image, the task about to go out."""
     request_id = str(uuid.uuid4())
-    document = new_request_document(
-        request_id,
-        csv_key=f"uploads/{request_id}/input.csv",
-        csv_sha256="-",
-        products_total=1,
-        images_total=1,
-        header=["Serial Number", "Product Name", "Input Image Urls"],
-        extra_columns=[],
-        webhook_url=None,
-        idempotency_key=None,
-    )
+    document = request_document(request_id, products=1, images=1)
     document.update(status=RequestStatus.PROCESSING.value, fanout_complete=True, fanout_cursor=1)
     await database.requests.insert_one(document)
     await database.products.insert_one(product_document(request_id, ProductRow(1, "E1", "Evolving", [url])))
