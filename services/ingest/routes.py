@@ -1,8 +1,8 @@
 """Ingest's HTTP routes as clients see them: what each takes and answers, with which model.
 
-services/ingest/api.py binds a handler to each of these and nothing else, and services/ingest/openapi.py turns
-them into the OpenAPI document, so a route cannot be served undocumented or documented unserved
-(tests/test_openapi.py checks both).
+A handler is bound to each of these (services/ingest/api.py, docs.py, shared/runtime.py) and
+services/ingest/openapi.py turns them into the OpenAPI document, so a route cannot be served undocumented or
+documented unserved (tests/test_openapi.py checks both; Swagger UI's own files are the one exception).
 """
 
 from __future__ import annotations
