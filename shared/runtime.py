@@ -10,6 +10,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from shared.api_models import Health, json_body
+
 HealthCheck = Callable[[], Awaitable[dict[str, bool]]]
 
 log = structlog.get_logger()
@@ -19,11 +21,8 @@ def health_routes(check: HealthCheck) -> list[web.RouteDef]:
     """``GET /healthz``: 200 when every dependency answers, 503 naming the ones that do not."""
 
     async def healthz(_request: web.Request) -> web.Response:
-        results = await check()
-        healthy = all(results.values())
-        return web.json_response(
-            {"status": "ok" if healthy else "unhealthy", "checks": results}, status=200 if healthy else 503
-        )
+        health = Health.of(await check())
+        return web.json_response(json_body(health), status=200 if health.status == "ok" else 503)
 
     return [web.get("/healthz", healthz)]
 

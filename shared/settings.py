@@ -41,7 +41,9 @@ class Settings(BaseSettings):
     storage_retry_seconds: float = Field(
         default=60.0,
         ge=0,
-        description="accepted but not used yet: storage calls are not retried (issue 12 implements or removes it)",
+        description="storage reads, writes and deletes retry transient failures (refused, reset, timeouts, 5xx, MinIO "
+        "starting) with exponential backoff this long, rewinding streams, while the message stays unacked; "
+        "permanent errors fail at once",
     )
 
     # --- HTTP API -------------------------------------------------------------------------------------
@@ -49,8 +51,8 @@ class Settings(BaseSettings):
     api_port: int = Field(default=5000, ge=1, le=65535, description="port the API listens on")
     api_key: SecretStr | None = Field(
         default=None,
-        description="when set, every route but `/healthz` (`/docs` and `/openapi.json` included) needs this value "
-        "in an `X-API-Key` header; unset: the API is open",
+        description="when set, every route but `/healthz` and the `/docs` page (Swagger UI's shell, which asks for the "
+        "key) needs this value in an `X-API-Key` header, `/openapi.json` included; unset: the API is open",
     )
     api_header_timeout: float = Field(
         default=15.0,

@@ -14,7 +14,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from services.compressor.compress import Compressed, ImageRejected, compress
 from services.compressor.download import DownloadError, DownloadLimits, download
 from shared.broker import DELIVERY_LIMIT, Broker, delivery_count
-from shared.messages import ImageResult, ImageTask, RoutingKey
+from shared.messages import ImageTask, RoutingKey
 from shared.reasons import short_reason
 from shared.storage import Storage
 
@@ -108,37 +108,20 @@ class CompressorWorker:
             return
         key = output_key(task, result.extension)
         await self.storage.put_bytes(key, result.data, result.content_type)
-        await self.broker.publish(
-            RoutingKey.IMAGE_DONE,
-            ImageResult(
-                request_id=task.request_id,
-                product_id=task.product_id,
-                row=task.row,
-                index=task.index,
-                ok=True,
-                output_url=self.storage.public_url(key),
-                bytes_in=len(data),
-                bytes_out=len(result.data),
-                codec=result.codec,
-            ),
+        done = task.settled(
+            ok=True,
+            output_url=self.storage.public_url(key),
+            bytes_in=len(data),
+            bytes_out=len(result.data),
+            codec=result.codec,
         )
+        await self.broker.publish(RoutingKey.IMAGE_DONE, done)
         log.info("image_done", bytes_in=len(data), bytes_out=len(result.data), format=result.format, codec=result.codec)
 
     async def _fail(self, task: ImageTask, reason: str, bytes_in: int) -> None:
         reason = short_reason(reason)  # it may quote a remote server or the file: one printable line, no markup
         log.info("image_failed", reason=reason)
-        await self.broker.publish(
-            RoutingKey.IMAGE_DONE,
-            ImageResult(
-                request_id=task.request_id,
-                product_id=task.product_id,
-                row=task.row,
-                index=task.index,
-                ok=False,
-                error=reason,
-                bytes_in=bytes_in,
-            ),
-        )
+        await self.broker.publish(RoutingKey.IMAGE_DONE, task.settled(ok=False, error=reason, bytes_in=bytes_in))
 
 
 def _compress_job(data: bytes, quality: int, max_pixels: int, max_frames: int, jpeg_fast_path: bool) -> Compressed:
