@@ -44,6 +44,21 @@ def result_id(request_id: str, row: int, index: int) -> str:
     return f"{request_id}:{row}:{index}"
 
 
+FAILED_BUCKET_ROWS = 64  # rows per failed_bucket key: see failed_bucket()
+
+
+def failed_bucket(request_id: str, row: int) -> str:
+    """The indexed key a *failed* result carries (successes have none): ``<request>:<(row - 1) // 64>``.
+
+    It is how the products page's ``failed`` filter finds the rows with failures without reading the request's
+    other results, on MongoDB and on our FerretDB alike (an equality / ``$in`` on a string leading an index, the
+    one kind of filter FerretDB pushes down besides ``_id``; a range on ``row`` would be evaluated in Go over every
+    result of the request). A page asks for the keys of a window of consecutive buckets, so its cost is what that
+    window holds, not what the request or the database holds (services/ingest/product_pages.py).
+    """
+    return f"{request_id}:{(row - 1) // FAILED_BUCKET_ROWS}"
+
+
 def finished_fields(now: datetime) -> dict[str, object]:
     """What every write that gives a request its final status also sets: ``finished_hour`` (indexed) is how
     retention finds the requests that finished in a given hour without reading the others."""
@@ -128,6 +143,8 @@ class Database:
         await self.results.create_index(
             [("request_id", ASCENDING), ("row", ASCENDING), ("index", ASCENDING)], name="request_row_index"
         )
+        # the products page's failed filter (failed_bucket() above); successes lack the field
+        await self.results.create_index([("failed_bucket", ASCENDING)], name="failed_bucket")
         await self.requests.create_index([("status", ASCENDING), ("updated_at", ASCENDING)], name="status_updated")
         await self.requests.create_index([("outbox_pending", ASCENDING)], name="outbox_pending")
         await self.requests.create_index([("finished_hour", ASCENDING)], name="finished_hour")

@@ -19,7 +19,7 @@ from pymongo import ReturnDocument
 
 from services.aggregator.batcher import Batcher
 from services.aggregator.finisher import Finisher
-from shared.database import Database, insert_new, result_id
+from shared.database import Database, failed_bucket, insert_new, result_id
 from shared.lifecycle import progress_of
 from shared.messages import ImageResult
 from shared.timeutil import utcnow
@@ -28,7 +28,7 @@ log = structlog.get_logger()
 
 
 def result_document(result: ImageResult) -> dict:
-    return {
+    document = {
         "_id": result_id(result.request_id, result.row, result.index),
         "request_id": result.request_id,
         "row": result.row,
@@ -39,8 +39,13 @@ def result_document(result: ImageResult) -> dict:
         "bytes_in": result.bytes_in,
         "bytes_out": result.bytes_out,
         "codec": result.codec,
+        "format_in": result.format_in,
+        "format_out": result.format_out,
         "at": utcnow(),
     }
+    if not result.ok:
+        document["failed_bucket"] = failed_bucket(result.request_id, result.row)
+    return document
 
 
 class ResultTracker:

@@ -12,8 +12,8 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from services.compressor.compress import Compressed, ImageRejected, compress
-from services.compressor.download import DownloadError, DownloadLimits, download
 from shared.broker import DELIVERY_LIMIT, Broker, delivery_count
+from shared.download import DownloadError, DownloadLimits, download
 from shared.messages import ImageTask, RoutingKey
 from shared.reasons import short_reason
 from shared.storage import Storage
@@ -114,6 +114,8 @@ class CompressorWorker:
             bytes_in=len(data),
             bytes_out=len(result.data),
             codec=result.codec,
+            format_in=result.source_format,
+            format_out=result.format,
         )
         await self.broker.publish(RoutingKey.IMAGE_DONE, done)
         log.info("image_done", bytes_in=len(data), bytes_out=len(result.data), format=result.format, codec=result.codec)
@@ -125,6 +127,4 @@ class CompressorWorker:
 
 
 def _compress_job(data: bytes, quality: int, max_pixels: int, max_frames: int, jpeg_fast_path: bool) -> Compressed:
-    return compress(
-        data, quality=quality, max_pixels=max_pixels, max_frames=max_frames, jpeg_fast_path=jpeg_fast_path
-    )
+    return compress(data, quality=quality, max_pixels=max_pixels, max_frames=max_frames, jpeg_fast_path=jpeg_fast_path)

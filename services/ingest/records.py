@@ -7,6 +7,8 @@ from urllib.parse import urlsplit
 
 from services.ingest.csv_parser import ProductRow
 from shared.api_models import (
+    ImageState,
+    ImageView,
     ProductView,
     ProgressView,
     RequestDetail,
@@ -129,13 +131,17 @@ def product_view(document: dict[str, Any], results: list[dict[str, Any]]) -> Pro
     count = len(document["input_image_urls"])
     outputs: list[str | None] = [None] * count
     errors: list[str | None] = [None] * count
-    settled = 0
+    by_index: dict[int, dict[str, Any]] = {}
     for result in results:
         index = result["index"]
         if 0 <= index < count:
             outputs[index] = result.get("output_url")
             errors[index] = result.get("error")
-            settled += 1
+            by_index[index] = result
+    images = [
+        image_view(document["request_id"], document["row"], index, url, by_index.get(index))
+        for index, url in enumerate(document["input_image_urls"])
+    ]
     return ProductView(
         row=document["row"],
         serial_number=document["serial_number"],
@@ -144,5 +150,32 @@ def product_view(document: dict[str, Any], results: list[dict[str, Any]]) -> Pro
         input_image_urls=document["input_image_urls"],
         output_image_urls=outputs,
         image_errors=errors,
-        pending=count - settled,
+        pending=count - len(by_index),
+        images=images,
+    )
+
+
+def thumbnail_path(request_id: str, row: int, index: int, version: str) -> str:
+    return f"/requests/{request_id}/images/{row}/{index}/thumb?v={version}"
+
+
+def image_view(request_id: str, row: int, index: int, url: str, result: dict[str, Any] | None) -> ImageView:
+    """What the console shows of one image; thumbnails of the compressed version only once there is one."""
+    found = result or {}
+    state = ImageState.PENDING if result is None else ImageState.DONE if found.get("ok") else ImageState.FAILED
+    done = state is ImageState.DONE
+    thumbnails = {"original": thumbnail_path(request_id, row, index, "original")}
+    if done:
+        thumbnails["compressed"] = thumbnail_path(request_id, row, index, "compressed")
+    return ImageView(
+        index=index,
+        input_url=url,
+        state=state,
+        output_url=found.get("output_url") if done else None,
+        error=(found.get("error") or "failed") if state is ImageState.FAILED else None,
+        format_in=found.get("format_in") if done else None,
+        format_out=found.get("format_out") if done else None,
+        bytes_in=found.get("bytes_in") if done else None,
+        bytes_out=found.get("bytes_out") if done else None,
+        thumbnails=thumbnails,
     )

@@ -20,6 +20,8 @@ from shared.api_models import (
 
 OPENAPI_PATH = "/openapi.json"
 DOCS_PATH = "/docs"
+CONSOLE_HOME = "/"
+CONSOLE_REQUEST = "/console/requests/{request_id}"
 MAX_PAGE = 500
 MAX_OFFSET = 2**31 - 1  # larger skips overflow MongoDB's 64-bit integers (a 500); no request has that many rows
 
@@ -164,6 +166,63 @@ PRODUCTS = Operation(
             "description": "Products per page.",
             "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 100},
         },
+        {
+            "name": "failed",
+            "in": "query",
+            "required": False,
+            "description": "`true`: only products with at least one failed image. One page searches a bounded "
+            "number of rows, so it may hold fewer than `limit` products (even none) and still have a `next`.",
+            "schema": {"type": "string", "enum": ["true", "false"], "default": "false"},
+        },
+    ),
+)
+THUMBNAIL = Operation(
+    "GET",
+    "/requests/{request_id}/images/{row}/{index}/thumb",
+    "getThumbnail",
+    "requests",
+    "A small preview of an image, original or compressed",
+    "At most 240 pixels on the longer side, WebP, first frame only. The compressed version is read from storage; "
+    "the original is fetched by the server from the CSV's URL with the same SSRF guard and limits as the "
+    "compressor (a browser showing the preview never contacts that host). Previews are cached for a while.",
+    {
+        200: Answer(
+            "The preview.", media_type="image/webp", schema={"type": "string", "contentMediaType": "image/webp"}
+        ),
+        400: Answer("Malformed request id, row, index or `v`.", Problem, PROBLEM_JSON),
+        404: Answer(
+            "No such request, row or image, or no compressed version (pending or failed).", Problem, PROBLEM_JSON
+        ),
+        502: Answer(
+            "The original could not be downloaded, the bytes cannot be previewed (not an image, too many pixels; "
+            "`detail` says why), or storage failed.",
+            Problem,
+            PROBLEM_JSON,
+        ),
+    },
+    parameters=(
+        REQUEST_ID,
+        {
+            "name": "row",
+            "in": "path",
+            "required": True,
+            "description": "CSV data row, 1 = the first.",
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_OFFSET},
+        },
+        {
+            "name": "index",
+            "in": "path",
+            "required": True,
+            "description": "Position of the URL in the row's `Input Image Urls` cell, from 0.",
+            "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
+        },
+        {
+            "name": "v",
+            "in": "query",
+            "required": False,
+            "description": "Which version.",
+            "schema": {"type": "string", "enum": ["original", "compressed"], "default": "compressed"},
+        },
     ),
 )
 OUTPUT_CSV = Operation(
@@ -226,4 +285,41 @@ DOCS = Operation(
     open=True,
 )
 
-OPERATIONS = (UPLOAD, STATUS, DETAIL, PRODUCTS, OUTPUT_CSV, HEALTH, OPENAPI, DOCS)
+HTML_PAGE = {"type": "string", "contentMediaType": "text/html"}
+CONSOLE = Operation(
+    "GET",
+    CONSOLE_HOME,
+    "console",
+    "console",
+    "The console: upload a CSV, see every request",
+    "A page for people (docs/console.md). Like `/docs` it holds no data and needs no key; its script reads this "
+    "API, asking for the key once per browser tab when the server has one.",
+    {200: Answer("HTML page.", media_type="text/html", schema=HTML_PAGE)},
+    open=True,
+)
+CONSOLE_REQUEST_PAGE = Operation(
+    "GET",
+    CONSOLE_REQUEST,
+    "consoleRequest",
+    "console",
+    "The console's page of one request",
+    "Live progress, totals, the output CSV, webhook attempts and every product with previews of its images. The "
+    "page itself holds no data, so it answers the same whether the request exists or not.",
+    {200: Answer("HTML page.", media_type="text/html", schema=HTML_PAGE), 400: BAD_ID},
+    parameters=(REQUEST_ID,),
+    open=True,
+)
+
+OPERATIONS = (
+    UPLOAD,
+    STATUS,
+    DETAIL,
+    PRODUCTS,
+    THUMBNAIL,
+    OUTPUT_CSV,
+    HEALTH,
+    OPENAPI,
+    DOCS,
+    CONSOLE,
+    CONSOLE_REQUEST_PAGE,
+)
