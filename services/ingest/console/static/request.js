@@ -153,6 +153,7 @@
       document.getElementById("products").replaceChildren(...page.items.map(productItem));
       document.getElementById("next-page").disabled = !page.next;
       document.getElementById("first-page").disabled = page.offset === 0;
+      document.querySelector(".pager").hidden = !page.next && page.offset === 0;
       if (page.items.length) {
         const first = page.items[0].row;
         const last = page.items[page.items.length - 1].row;
