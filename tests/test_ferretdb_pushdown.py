@@ -20,7 +20,7 @@ from bson import ObjectId
 
 from services.aggregator.retention import cutoff_hour_filter, expired_hours_filter
 from services.aggregator.sweeper import OPEN_REQUESTS, OUTBOX_PENDING
-from shared.database import Database, product_id, result_id
+from shared.database import FAILED_BUCKET_ROWS, Database, failed_bucket, product_id, result_id
 from shared.settings import Settings
 from shared.timeutil import hour_key, hour_keys, utcnow
 
@@ -38,6 +38,12 @@ QUERIES: list[tuple[str, str, dict[str, Any], str | None]] = [
     ("products page results", "results", {"_id": {"$in": [result_id(REQUEST, r, 0) for r in range(1, 101)]}}, "_id_"),
     ("results of a request", "results", {"request_id": REQUEST}, "request_row_index"),  # output CSV, sweeper
     ("products of a request", "products", {"request_id": REQUEST}, "request_row"),  # output CSV, sweeper, retention
+    (  # the products page's failed filter: one window of row buckets (services/ingest/product_pages.py)
+        "failed rows of a request",
+        "results",
+        {"failed_bucket": {"$in": [failed_bucket(REQUEST, 1 + FAILED_BUCKET_ROWS * b) for b in range(64)]}},
+        "failed_bucket",
+    ),
     ("pending outbox", "requests", OUTBOX_PENDING, "outbox_pending"),  # sweeper
     ("open requests", "requests", OPEN_REQUESTS, "status_updated"),  # sweeper
     ("finished requests", "requests", {"status": "Completed"}, "status_updated"),  # retention's first pass

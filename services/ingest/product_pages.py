@@ -39,16 +39,18 @@ async def failed_rows(results: AsyncCollection, request_id: str, after: int, lim
     """Up to ``limit`` rows after row ``after`` that have at least one failed image, in row order."""
     found: set[int] = set()
     bucket = after // FAILED_BUCKET_ROWS  # the bucket of row after + 1
-    last_bucket = (total - 1) // FAILED_BUCKET_ROWS
+    # the last bucket to read: the request's last, or the one holding row after + MAX_SEARCHED_ROWS
+    last_bucket = min(total - 1, after + MAX_SEARCHED_ROWS - 1) // FAILED_BUCKET_ROWS
+    horizon = after + MAX_SEARCHED_ROWS  # rows past it are the next page's, even when this bucket holds them
     window = 1
     searched_to = after
-    while bucket <= last_bucket and searched_to - after < MAX_SEARCHED_ROWS:
+    while bucket <= last_bucket:
         buckets = range(bucket, min(bucket + window, last_bucket + 1))
         keys = [failed_bucket(request_id, b * FAILED_BUCKET_ROWS + 1) for b in buckets]
         cursor = results.find({"failed_bucket": {"$in": keys}}, projection={"row": 1})
-        found.update(document["row"] for document in await cursor.to_list(None) if document["row"] > after)
+        found.update(row for document in await cursor.to_list(None) if after < (row := document["row"]) <= horizon)
         bucket = buckets[-1] + 1
-        searched_to = min(bucket * FAILED_BUCKET_ROWS, total)
+        searched_to = min(bucket * FAILED_BUCKET_ROWS, total, horizon)
         if len(found) >= limit:
             rows = sorted(found)[:limit]
             return RowSelection(rows, rows[-1])
