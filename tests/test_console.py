@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, FilePayload, Page, expect
 from pydantic import SecretStr
 
 from shared.settings import Settings
@@ -48,9 +48,8 @@ def origin(url: str) -> str:
 
 async def upload_through_the_page(page: Page, base: str, csv: str, webhook_url: str | None = None) -> None:
     await page.goto(f"{base}/")
-    await page.set_input_files(
-        "#csv-file", files=[{"name": "catalog.csv", "mimeType": "text/csv", "buffer": csv.encode()}]
-    )
+    file: FilePayload = {"name": "catalog.csv", "mimeType": "text/csv", "buffer": csv.encode()}
+    await page.set_input_files("#csv-file", files=[file])
     if webhook_url is not None:
         await page.get_by_label("Webhook URL").fill(webhook_url)
     await page.get_by_role("button", name="Upload").click()

@@ -27,20 +27,17 @@ def preview_of(data: bytes) -> Image.Image:
     return preview
 
 
-def test_a_large_jpeg_is_decoded_at_a_reduced_scale_and_fits_the_box():
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_and_fits_the_box(monkeypatch: pytest.MonkeyPatch):
     big = encode(photo("astronaut.png").convert("RGB").resize((4096, 2048)), "JPEG", quality=90)
     decoded_sizes: list[tuple[int, int]] = []
     original_load = Image.Image.load
 
-    def spy(image: Image.Image):  # type: ignore[no-untyped-def]
+    def spy(image: Image.Image) -> object:
         decoded_sizes.append(image.size)
         return original_load(image)
 
-    Image.Image.load = spy  # type: ignore[method-assign]
-    try:
-        preview = preview_of(big)
-    finally:
-        Image.Image.load = original_load  # type: ignore[method-assign]
+    monkeypatch.setattr(Image.Image, "load", spy)
+    preview = preview_of(big)
     assert preview.size == (THUMB_SIDE, THUMB_SIDE // 2)
     assert decoded_sizes and max(decoded_sizes[0]) <= 4096 // 8, decoded_sizes  # draft: libjpeg's 1/8 scale
 
@@ -57,7 +54,7 @@ def test_transparency_is_kept():
     image = photo("chelsea.png").convert("RGBA")
     image.putalpha(128)
     preview = preview_of(encode(image, "PNG"))
-    assert preview.mode == "RGBA" and preview.getextrema()[3] == (128, 128)
+    assert preview.mode == "RGBA" and preview.getchannel("A").getextrema() == (128, 128)
 
 
 @pytest.mark.parametrize("name", ["coffee.png", "retina.jpg"])
