@@ -28,11 +28,7 @@ from tests.support.photos import photo_bytes
 from tests.support.servers import ImageHost, WebhookReceiver
 
 REQUEST_PAGE = re.compile(r"/console/requests/([0-9a-f-]{36})$")
-# every compressed preview on the page has loaded and has pixels
-PREVIEWS_LOADED = """(alt) => {
-  const images = [...document.querySelectorAll(`img[alt^="${alt}"]`)];
-  return images.length > 0 && images.every((image) => image.complete && image.naturalWidth > 0);
-}"""
+LOADED = "(image) => image.complete && image.naturalWidth > 0"  # an <img> without src is complete, but 0 wide
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +52,20 @@ async def upload_through_the_page(page: Page, base: str, csv: str, webhook_url: 
 
 
 async def see_every_preview(page: Page, alt: str) -> int:
-    """Scrolls each preview into view (they load when on screen) and waits until all have pixels."""
+    """Brings each preview on screen in turn (they load only there) and waits until it has pixels; the list may be
+    drawn again meanwhile, so the locator is resolved afresh on every look."""
     previews = page.locator(f'img[alt^="{alt}"]')
     count = await previews.count()
+    assert count > 0, f"no {alt} previews"
     for index in range(count):
-        await previews.nth(index).scroll_into_view_if_needed()
-    await page.wait_for_function(PREVIEWS_LOADED, arg=alt, timeout=30_000)
+        preview = previews.nth(index)
+        for _ in range(150):  # 15 s each
+            await preview.scroll_into_view_if_needed()
+            if await preview.evaluate(LOADED):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail(f"{alt} preview {index} did not load: {await preview.evaluate('(image) => image.outerHTML')}")
     return count
 
 
@@ -104,7 +108,15 @@ async def test_photos_uploaded_through_the_page_finish_live_with_previews_failur
         await expect(page.locator("#webhook-summary")).to_contain_text("delivered", timeout=30_000)
         await page.screenshot(path=tmp_path / "request-desktop.png", full_page=True)
 
-        await page.get_by_label("Only products with failed images").check()
+        # with the keyboard alone: Tab to the filter, Space to tick it
+        await page.locator("body").focus()
+        for _ in range(40):
+            await page.keyboard.press("Tab")
+            if await page.evaluate("document.activeElement.id") == "only-failed":
+                break
+        else:
+            pytest.fail("Tab never reached the failed-only filter")
+        await page.keyboard.press("Space")
         await expect(page.locator(".product")).to_have_count(1)
         await expect(page.locator(".product .name")).to_have_text("Cat mug")
         await page.get_by_label("Only products with failed images").uncheck()

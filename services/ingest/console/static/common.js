@@ -59,7 +59,7 @@ const pixpress = (() => {
     const body = await response.json().catch(() => null);
     if (!response.ok) {
       const detail = body && typeof body.detail === "string" ? body.detail : "HTTP " + response.status;
-      throw new Error(detail);
+      throw Object.assign(new Error(detail), {status: response.status});
     }
     return body;
   }

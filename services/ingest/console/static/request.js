@@ -15,6 +15,7 @@
   // --- previews: fetched with the API key, shown from blob: URLs, a few at a time, only when on screen -----------
   const previews = new Map(); // path -> {url} or {error}
   const waiting = [];
+  const inFlight = new Set();
   let fetching = 0;
 
   function showPreview(img, result) {
@@ -50,15 +51,20 @@
         showPreview(img, known);
         continue;
       }
+      if (inFlight.has(path)) {
+        continue; // its answer fills every <img> showing that path
+      }
+      inFlight.add(path);
       fetching += 1;
       fetchPreview(path).then((result) => {
         previews.set(path, result);
+        inFlight.delete(path);
         fetching -= 1;
         if (img.isConnected) {
           showPreview(img, result);
         }
         for (const other of document.querySelectorAll("img[data-preview]")) {
-          if (other !== img && other.dataset.preview === path && !other.src) {
+          if (other !== img && other.dataset.preview === path && !other.getAttribute("src")) {
             showPreview(other, result);
           }
         }
@@ -243,7 +249,9 @@
       setText("load-status", "");
     } catch (error) {
       setText("load-status", "Could not read the request: " + error.message);
-      setTimeout(poll, POLL_MS * 5);
+      if (error.status !== 404 && error.status !== 400) {
+        setTimeout(poll, POLL_MS * 5); // the server may be back soon; an unknown request will not appear
+      }
       return;
     }
     showDetail(detail);
