@@ -149,6 +149,15 @@ class StatusView(ApiModel):
     error: str | SkipJsonSchema[None] = when_set("Why the request failed; present only when `Failed`.")
 
 
+class RequestsPage(ApiModel):
+    """Requests newest first (`GET /requests`), one page."""
+
+    items: list[StatusView] = Field(description="Each request as `GET /status/{request_id}` answers it.")
+    next: str | SkipJsonSchema[None] = when_set(
+        "Path of the next (older) page; absent on the last page. Requests uploaded meanwhile never shift it."
+    )
+
+
 class WebhookState(StrEnum):
     """Where a request's webhook delivery stands; the notifier writes it, the API shows it."""
 

@@ -122,6 +122,18 @@ class Database:
         return self.db["idempotency_keys"]
 
     @property
+    def request_hours(self) -> AsyncCollection:
+        """One document per UTC hour that has requests (``_id`` = the hour key): how ``GET /requests`` finds the
+        newest requests without a sort (shared/request_hours.py)."""
+        return self.db["request_hours"]
+
+    @property
+    def request_hours_state(self) -> AsyncCollection:
+        """One document: the oldest hour that may have requests, and when the requests from before
+        ``created_hour`` were indexed."""
+        return self.db["request_hours_state"]
+
+    @property
     def retention_state(self) -> AsyncCollection:
         """One document, the retention cursor: the last hour whose finished requests are all deleted."""
         return self.db["retention_state"]
@@ -138,7 +150,8 @@ class Database:
                 await self.client.admin.command("ping")
         # products and results are read per request in row order (output CSV, sweeper); results are counted per
         # request when it may be complete; the sweeper finds requests by status, by a pending outbox and (for
-        # retention) by the hour they finished. tests/test_ferretdb_pushdown.py checks each query uses these.
+        # retention) by the hour they finished; the request list reads the requests created in an hour.
+        # tests/test_ferretdb_pushdown.py checks each query uses these.
         await self.products.create_index([("request_id", ASCENDING), ("row", ASCENDING)], name="request_row")
         await self.results.create_index(
             [("request_id", ASCENDING), ("row", ASCENDING), ("index", ASCENDING)], name="request_row_index"
@@ -148,6 +161,7 @@ class Database:
         await self.requests.create_index([("status", ASCENDING), ("updated_at", ASCENDING)], name="status_updated")
         await self.requests.create_index([("outbox_pending", ASCENDING)], name="outbox_pending")
         await self.requests.create_index([("finished_hour", ASCENDING)], name="finished_hour")
+        await self.requests.create_index([("created_hour", ASCENDING)], name="created_hour")
 
     async def healthy(self) -> bool:
         try:

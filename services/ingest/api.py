@@ -15,14 +15,16 @@ from services.ingest.console import OPEN_RESOURCES as CONSOLE_RESOURCES
 from services.ingest.console import console_routes, setup_templates
 from services.ingest.docs import OPEN_RESOURCES as DOCS_RESOURCES
 from services.ingest.docs import docs_routes
+from services.ingest.listing import ListingNotReady, Position, newest_requests
 from services.ingest.openapi import Operation, build_openapi
 from services.ingest.problems import Handler, problem, problem_middleware, request_id_error, request_id_of
 from services.ingest.product_pages import all_rows, failed_rows
 from services.ingest.records import product_view, request_detail, status_view
 from services.ingest.thumbnails import Thumbnails
 from services.ingest.upload import UploadHandler
-from shared.api_models import ProductsPage, json_body
+from shared.api_models import ProductsPage, RequestsPage, json_body
 from shared.database import Database, find_by_ids, product_id, result_id
+from shared.lifecycle import is_open
 from shared.runtime import HealthCheck, health_routes
 from shared.settings import Settings
 
@@ -68,6 +70,32 @@ class ReadViews:
     async def status(self, request: web.Request) -> web.Response:
         document = await self._load(request)
         return web.json_response(json_body(status_view(document, await self._live(document))))
+
+    async def list_requests(self, request: web.Request) -> web.Response:
+        """Newest first, by cursor (services/ingest/listing.py); live counts of the open requests on the page come
+        from one ``$in`` on ``progress``."""
+        raw_limit = request.query.get("limit", str(routes.DEFAULT_REQUESTS_PAGE))
+        if not _INTEGER.fullmatch(raw_limit) or not (1 <= int(raw_limit) <= routes.MAX_REQUESTS_PAGE):
+            return problem(400, "bad-paging", "Bad paging", f"limit must be an integer 1 to {routes.MAX_REQUESTS_PAGE}")
+        limit = int(raw_limit)
+        before: Position | None = None
+        if "before" in request.query:
+            try:
+                before = Position.from_cursor(request.query["before"])
+            except ValueError:
+                return problem(400, "bad-cursor", "Bad cursor", "before must be the cursor of a previous page's next")
+        try:
+            page = await newest_requests(self.db, limit, before)
+        except ListingNotReady:
+            detail = "the server is still indexing the requests it kept from before; try again soon"
+            return problem(503, "listing-not-ready", "Listing not ready", detail)
+        open_ids = [document["_id"] for document in page.requests if is_open(document["status"])]
+        live = {document["_id"]: document for document in await find_by_ids(self.db.progress, open_ids)}
+        body = RequestsPage(
+            items=[status_view(document, live.get(document["_id"])) for document in page.requests],
+            next=f"{routes.LIST.path}?limit={limit}&before={page.next.cursor()}" if page.next else None,
+        )
+        return web.json_response(json_body(body))
 
     async def detail(self, request: web.Request) -> web.Response:
         document = await self._load(request)
@@ -155,6 +183,7 @@ def build_app(settings: Settings, db: Database, upload: UploadHandler, check: He
     handlers: list[tuple[Operation, Handler]] = [
         (routes.UPLOAD, upload.__call__),  # a bound coroutine method: aiohttp deprecates other callables
         (routes.STATUS, views.status),
+        (routes.LIST, views.list_requests),
         (routes.DETAIL, views.detail),
         (routes.PRODUCTS, views.products),
         (routes.THUMBNAIL, thumbnails.handle),

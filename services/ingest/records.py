@@ -21,6 +21,7 @@ from shared.api_models import (
 from shared.database import product_id
 from shared.lifecycle import is_open, progress_of
 from shared.messages import RequestStatus
+from shared.request_hours import created_fields
 from shared.timeutil import utcnow
 
 
@@ -40,7 +41,7 @@ def new_request_document(
     document: dict[str, Any] = {
         "_id": request_id,
         "status": RequestStatus.QUEUED.value,
-        "created_at": now,
+        **created_fields(now),
         "updated_at": now,
         "csv_key": csv_key,
         "csv_sha256": csv_sha256,

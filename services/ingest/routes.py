@@ -14,6 +14,7 @@ from shared.api_models import (
     ProductsPage,
     RequestDetail,
     RequestIdProblem,
+    RequestsPage,
     StatusView,
     UploadAccepted,
 )
@@ -23,6 +24,8 @@ DOCS_PATH = "/docs"
 CONSOLE_HOME = "/"
 CONSOLE_REQUEST = "/console/requests/{request_id}"
 MAX_PAGE = 500
+MAX_REQUESTS_PAGE = 100
+DEFAULT_REQUESTS_PAGE = 20
 MAX_OFFSET = 2**31 - 1  # larger skips overflow MongoDB's 64-bit integers (a 500); no request has that many rows
 
 ABOUT = (
@@ -121,6 +124,43 @@ STATUS = Operation(
     "`output_csv_url` appears once the output CSV exists, `error` when the request `Failed`.",
     {200: Answer("The request's status and progress.", StatusView), 400: BAD_ID, 404: UNKNOWN_ID},
     parameters=(REQUEST_ID,),
+)
+LIST = Operation(
+    "GET",
+    "/requests",
+    "listRequests",
+    "requests",
+    "Requests, newest first",
+    "Every request the server keeps, newest first (by the time it was uploaded), each as "
+    "`GET /status/{request_id}` answers it, with live counts while it runs. Follow `next` to page; requests "
+    "uploaded while you page never shift the pages still ahead, so paging to the end shows every request that "
+    "existed when you began exactly once. Every page costs the same, however many requests the server has "
+    "processed.",
+    {
+        200: Answer("One page of requests.", RequestsPage),
+        400: Answer("`limit` is out of range, or `before` is not a cursor this server wrote.", Problem, PROBLEM_JSON),
+        503: Answer(
+            "The server is still indexing the requests it kept from before this route existed; try again soon.",
+            Problem,
+            PROBLEM_JSON,
+        ),
+    },
+    parameters=(
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "description": "Requests per page.",
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_REQUESTS_PAGE, "default": DEFAULT_REQUESTS_PAGE},
+        },
+        {
+            "name": "before",
+            "in": "query",
+            "required": False,
+            "description": "Opaque cursor from the previous page's `next`: the page holds the requests after it.",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[A-Za-z0-9_-]+$"},
+        },
+    ),
 )
 DETAIL = Operation(
     "GET",
@@ -313,6 +353,7 @@ CONSOLE_REQUEST_PAGE = Operation(
 OPERATIONS = (
     UPLOAD,
     STATUS,
+    LIST,
     DETAIL,
     PRODUCTS,
     THUMBNAIL,
