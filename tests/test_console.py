@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 from playwright.async_api import Browser, FilePayload, Page, expect
 from pydantic import SecretStr
@@ -23,7 +24,7 @@ from pydantic import SecretStr
 from shared.settings import Settings
 from tests.support.apps import serve_api
 from tests.support.browser import PHONE, chromium, watched_page
-from tests.support.client import API, csv_text
+from tests.support.client import API, csv_text, upload, wait_final
 from tests.support.photos import photo_bytes
 from tests.support.servers import ImageHost, WebhookReceiver
 
@@ -222,3 +223,45 @@ async def test_the_console_asks_for_the_api_key_once_per_tab_and_sends_it_with_e
             await other_tab.page.goto(request_url)
             await expect(other_tab.page.locator("#key-form")).to_be_visible()
             await expect(other_tab.page.locator("#status")).to_have_text("…")  # the shell shows nothing without it
+
+
+async def test_the_requests_list_shows_the_newest_first_and_follows_open_ones_live(
+    stack: str, browser: Browser, http: aiohttp.ClientSession, image_host: ImageHost, tmp_path: Path
+):
+    done_url = image_host.add("coffee.png", photo_bytes("coffee.png"), "image/png")
+    finished = (await (await upload(http, csv_text([("L-1", "Listed cup", [done_url])]))).json())["request_id"]
+    await wait_final(http, finished)
+    image_host.hold = asyncio.Event()
+    held_url = image_host.add("chelsea.png", photo_bytes("chelsea.png"), "image/png")
+    running = (await (await upload(http, csv_text([("L-2", "Listed cat", [held_url])]))).json())["request_id"]
+    async with watched_page(browser) as watched:
+        page = watched.page
+        await page.goto(f"{API}/")
+        rows = page.locator("#requests-rows tr")
+        newest, older = rows.nth(0), rows.nth(1)
+        await expect(newest.get_by_role("link", name=f"Request {running}")).to_be_visible()
+        await expect(older.get_by_role("link", name=f"Request {finished}")).to_be_visible()
+        await expect(newest.locator(".badge")).to_have_text(re.compile("^(Queued|Processing)$"))
+        await expect(older.locator(".badge")).to_have_text("Completed")
+        await expect(older.locator("td").nth(2)).to_have_text("1 / 0 / 1")
+        navigations = len(watched.navigations)
+        image_host.hold.set()
+        await expect(newest.locator(".badge")).to_have_text("Completed", timeout=60_000)
+        await expect(newest.locator("td").nth(2)).to_have_text("1 / 0 / 1")
+        assert await newest.locator("progress").evaluate("(bar) => bar.value") == 100
+        assert len(watched.navigations) == navigations, "the list was reloaded"
+        await page.screenshot(path=tmp_path / "requests.png", full_page=True)
+        await newest.get_by_role("link", name=f"Request {running}").click()
+        await page.wait_for_url(re.compile(f"/console/requests/{running}$"))
+        watched.assert_clean()
+
+    async with watched_page(browser, viewport=PHONE) as phone:
+        await phone.page.goto(f"{API}/")
+        await expect(phone.page.get_by_role("link", name=f"Request {running}")).to_be_visible()
+        width = await phone.page.evaluate("document.documentElement.scrollWidth")
+        assert width <= PHONE["width"], f"the page is {width}px wide on a {PHONE['width']}px phone"
+        # and nothing hides in a sideways-scrolling box: every request's figures are on screen
+        table = phone.page.locator("table.requests")
+        assert await table.evaluate("(table) => table.scrollWidth <= table.parentElement.clientWidth")
+        await expect(phone.page.locator("#requests-rows td[data-label='Saved']").first).to_be_in_viewport()
+        await phone.page.screenshot(path=tmp_path / "requests-phone.png", full_page=True)

@@ -5,6 +5,7 @@
   const {request, json, el, bytes, age, isOpen, badge, savings, consolePath} = pixpress;
   const PAGE = 20;
   const REFRESH_MS = 2000;
+  const COLUMNS = ["Status", "Progress", "Images done / failed / total", "Saved", "Age"];
   let shown = PAGE; // how many requests the list holds (grows with "Show older requests")
   let timer = null;
 
@@ -91,13 +92,15 @@
     badge(statusCell, item.status);
     const bar = el("progress", {max: 100, value: progress.percent}, progress.percent + " %");
     bar.setAttribute("aria-label", "Request " + item.request_id.slice(0, 8) + " progress");
-    return el("tr", {},
-      el("th", {scope: "row"}, link),
+    const cells = [
       el("td", {}, statusCell),
       el("td", {className: "bar"}, bar, el("span", {className: "hint"}, " " + progress.percent.toFixed(0) + " %")),
       el("td", {}, progress.images_done + " / " + progress.images_failed + " / " + progress.images_total),
       el("td", {}, savings(progress)),
-      el("td", {title: item.created_at}, age(item.created_at)));
+      el("td", {title: item.created_at}, age(item.created_at)),
+    ];
+    COLUMNS.forEach((label, index) => cells[index].dataset.label = label); // shown as labels at phone width
+    return el("tr", {}, el("th", {scope: "row"}, link), ...cells);
   }
 
   async function load() {
