@@ -62,6 +62,22 @@ class RequestAccepted(Message):
     request_id: str
 
 
+class SourceRecord(Message):
+    """One download of a URL: its origin's validators, the SHA-256 of its bytes and where their output is.
+
+    In an ``ImageTask`` (``known``): what pixpress remembers of the URL, so the compressor can ask the origin
+    whether it changed (If-None-Match / If-Modified-Since). In an ``ImageResult`` (``source``): what a download
+    just found, for the aggregator to remember under ``url_id`` (docs/cache.md).
+    """
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+    etag: str | None = Field(default=None, max_length=256)
+    last_modified: str | None = Field(default=None, max_length=64)
+    object_key: str = Field(max_length=256)
+    url_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
 class ImageTask(Message):
     """One input URL to download, compress and store."""
 
@@ -71,6 +87,8 @@ class ImageTask(Message):
     index: int = Field(ge=0)
     url: str
     attempt: int = Field(default=1, ge=1)
+    # set by the fan-out when the URL was downloaded before with validators (PIXPRESS_CACHE=on)
+    known: SourceRecord | None = None
 
 
 class ImageResult(Message):
@@ -85,9 +103,17 @@ class ImageResult(Message):
     error: str | None = None
     bytes_in: int = 0
     bytes_out: int = 0
-    # how the image was encoded: "dct" (JPEG re-quantised in the DCT domain) or "pillow" (decoded to pixels);
-    # None on failures and from compressors that predate the field
+    # how the output was encoded: "dct" (JPEG re-quantised in the DCT domain) or "pillow" (decoded to pixels),
+    # now or, for a cached output, when it was made; None on failures and from compressors that predate the field
     codec: str | None = None
+    # the output was reused and no codec ran for this image; ``cache`` says why: "revalidated" (the origin
+    # answered 304, nothing was downloaded) or "same_bytes" (these bytes were compressed before); docs/cache.md
+    cached: bool = False
+    cache: str | None = Field(default=None, max_length=32)
+    # the shared, content-addressed object the output URL names (images/c/...), None for per-request outputs
+    cache_object: str | None = Field(default=None, max_length=256)
+    # what this download found, for the aggregator to remember per URL (only when the origin sent validators)
+    source: SourceRecord | None = None
 
 
 class Progress(Message):
@@ -99,6 +125,8 @@ class Progress(Message):
     images_failed: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    images_cached: int = 0  # of images_done: outputs reused without a codec run (docs/cache.md)
+    images_revalidated: int = 0  # of images_cached: the origin answered 304, nothing was downloaded
 
     @property
     def images_settled(self) -> int:

@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     jpeg_fast_path: bool = Field(
         default=True, description="on|off: re-quantise JPEGs in the DCT domain (docs/jpeg-fast-path.md)"
     )
+    cache: bool = Field(
+        default=True,
+        description="on|off: reuse the output of source bytes already compressed at the same settings, and "
+        "revalidate known URLs with If-None-Match / If-Modified-Since (docs/cache.md); off: every image is "
+        "downloaded and compressed again, stored under its request",
+    )
     compressor_prefetch: int = Field(default=8, ge=1)
     compressor_workers: int = Field(default=1, ge=1, description="codec threads per compressor process")
     image_max_attempts: int = Field(default=4, ge=1)

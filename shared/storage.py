@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from dataclasses import dataclass
+from datetime import datetime
 from typing import BinaryIO
 
 from minio import Minio
+from minio.commonconfig import REPLACE, CopySource
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
@@ -22,6 +25,18 @@ from shared.settings import Settings
 
 PUBLIC_PREFIXES = ("images/", "outputs/")
 STORAGE_ERRORS = (S3Error, HTTPError, OSError)
+_MISSING = ("NoSuchKey", "NoSuchObject")
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """What a HEAD says about an object: enough to reuse it without reading it."""
+
+    key: str
+    size: int
+    last_modified: datetime
+    content_type: str
+    metadata: dict[str, str]  # user metadata (x-amz-meta-*), names lower-case without the prefix
 
 
 def _public_read_policy(bucket: str) -> str:
@@ -78,10 +93,60 @@ class Storage:
     def public_url(self, key: str) -> str:
         return f"{self._public_base}/{key}"
 
-    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+    async def put_bytes(
+        self, key: str, data: bytes, content_type: str, metadata: dict[str, str] | None = None
+    ) -> None:
         await asyncio.to_thread(
-            self._client.put_object, self._bucket, key, io.BytesIO(data), len(data), content_type=content_type
+            self._client.put_object,
+            self._bucket,
+            key,
+            io.BytesIO(data),
+            len(data),
+            content_type=content_type,
+            metadata=metadata,  # type: ignore[arg-type]
         )
+
+    async def stat(self, key: str) -> StoredObject | None:
+        """HEAD the object; None when it does not exist."""
+        return await asyncio.to_thread(self._stat_sync, key)
+
+    def _stat_sync(self, key: str) -> StoredObject | None:
+        try:
+            found = self._client.stat_object(self._bucket, key)
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                return None
+            raise
+        prefix = "x-amz-meta-"
+        metadata = {
+            name.lower()[len(prefix) :]: value
+            for name, value in (found.metadata or {}).items()
+            if name.lower().startswith(prefix)
+        }
+        assert found.last_modified is not None and found.size is not None
+        return StoredObject(key, found.size, found.last_modified, found.content_type or "", metadata)
+
+    async def touch(self, stored: StoredObject) -> bool:
+        """Move the object's Last-Modified to now without moving its bytes (a copy onto itself replacing its
+        metadata, which MinIO does in the metadata alone); False when it no longer exists."""
+        return await asyncio.to_thread(self._touch_sync, stored)
+
+    def _touch_sync(self, stored: StoredObject) -> bool:
+        metadata = {f"x-amz-meta-{name}": value for name, value in stored.metadata.items()}
+        metadata["Content-Type"] = stored.content_type
+        try:
+            self._client.copy_object(
+                self._bucket,
+                stored.key,
+                CopySource(self._bucket, stored.key),
+                metadata=metadata,  # type: ignore[arg-type]
+                metadata_directive=REPLACE,
+            )
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                return False
+            raise
+        return True
 
     async def put_stream(self, key: str, stream: BinaryIO, length: int, content_type: str) -> None:
         await asyncio.to_thread(self._client.put_object, self._bucket, key, stream, length, content_type=content_type)

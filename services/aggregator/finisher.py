@@ -99,6 +99,8 @@ class Finisher:
                     "error": error,
                     "images_done": summary.images_done,
                     "images_failed": summary.images_failed,
+                    "images_cached": summary.images_cached,
+                    "images_revalidated": summary.images_revalidated,
                     "bytes_in": bytes_in,
                     "bytes_out": bytes_out,
                     "updated_at": now,
@@ -116,6 +118,7 @@ class Finisher:
             status=status.value,
             images_done=summary.images_done,
             images_failed=summary.images_failed,
+            images_cached=summary.images_cached,
             output_bytes=size,
         )
         await self._publish_outbox_locked(request_id)
@@ -141,6 +144,8 @@ class Finisher:
                 images_failed=request.get("images_failed", 0),
                 bytes_in=request.get("bytes_in", 0),
                 bytes_out=request.get("bytes_out", 0),
+                images_cached=request.get("images_cached", 0),
+                images_revalidated=request.get("images_revalidated", 0),
             ),
             finished_at=request.get("finished_at") or utcnow(),
         )

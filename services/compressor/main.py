@@ -9,6 +9,7 @@ import aiohttp
 
 from services.compressor.download import DownloadLimits
 from services.compressor.frame_budget import set_pillow_backstop
+from services.compressor.output_cache import OutputCache
 from services.compressor.worker import CompressorWorker
 from shared.broker import Broker
 from shared.logging import configure_logging
@@ -30,6 +31,11 @@ async def run() -> None:
     await broker.connect()
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout, sock_read=settings.read_timeout)
     connector = guarded_connector(settings.allow_private_urls, limit=64)
+    cache = (
+        OutputCache(storage, settings.jpeg_quality, settings.jpeg_fast_path, settings.retention_days)
+        if settings.cache
+        else None
+    )
     executor = ThreadPoolExecutor(max_workers=settings.compressor_workers, thread_name_prefix="codec")
     async with aiohttp.ClientSession(
         timeout=timeout, connector=connector, headers={"User-Agent": "pixpress/0.1"}
@@ -51,6 +57,7 @@ async def run() -> None:
             max_attempts=settings.image_max_attempts,
             retry_base_ms=settings.retry_base_delay_ms,
             jpeg_fast_path=settings.jpeg_fast_path,
+            cache=cache,
         )
 
         async def check() -> dict[str, bool]:
@@ -64,6 +71,8 @@ async def run() -> None:
             prefetch=settings.compressor_prefetch,
             codec_threads=settings.compressor_workers,
             jpeg_fast_path=settings.jpeg_fast_path,
+            cache=settings.cache,
+            cache_policy=cache.fingerprint if cache is not None else None,
         )
         await stop.wait()
         log.info("compressor_stopping")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -12,9 +13,11 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from services.compressor.compress import Compressed, ImageRejected, compress
-from services.compressor.download import DownloadError, DownloadLimits, download
+from services.compressor.download import DownloadError, DownloadLimits, Fetched, Validators, fetch
+from services.compressor.output_cache import Expiring, Hit, OutputCache, output_extensions
 from shared.broker import DELIVERY_LIMIT, Broker, delivery_count
-from shared.messages import ImageResult, ImageTask, RoutingKey
+from shared.cache import CacheKind, is_shared_object, url_record_id
+from shared.messages import ImageResult, ImageTask, RoutingKey, SourceRecord
 from shared.reasons import short_reason
 from shared.storage import Storage
 
@@ -32,6 +35,15 @@ def retry_delay_ms(base_ms: int, attempt: int) -> int:
     return int(base_ms * (2 ** (attempt - 1)) * jitter)
 
 
+@dataclass(frozen=True)
+class _Shared:
+    """A download whose output goes under its content key (unless that object is ``expiring``)."""
+
+    digest: str
+    fetched: Fetched
+    expiring: bool
+
+
 @dataclass
 class CompressorWorker:
     broker: Broker
@@ -45,6 +57,7 @@ class CompressorWorker:
     max_attempts: int
     retry_base_ms: int
     jpeg_fast_path: bool = True
+    cache: OutputCache | None = None  # None: PIXPRESS_CACHE=off
 
     async def handle(self, task: ImageTask, message: AbstractIncomingMessage) -> None:
         """Tasks from ``compressor.images``, taken ``prefetch`` at a time.
@@ -78,18 +91,61 @@ class CompressorWorker:
         await self._process(task)
 
     async def _process(self, task: ImageTask) -> None:
+        """Download (conditionally, when the URL is known), reuse a cached output or compress, store, report.
+
+        With the cache off (``cache`` None) this is the pipeline as it was: every image downloaded and compressed,
+        stored under its request.
+        """
+        target = self.cache.revalidation_target(task.known) if self.cache is not None else None
         try:
-            data = await download(self.session, task.url, self.limits)
+            if target is not None and task.known is not None:
+                validators = Validators(task.known.etag, task.known.last_modified)
+                fetched = await fetch(self.session, task.url, self.limits, validators)
+                if fetched.not_modified:
+                    if await self._reuse_revalidated(task, target, task.known.size):
+                        return
+                    fetched = await fetch(self.session, task.url, self.limits)  # the object is gone: the bytes again
+            else:
+                fetched = await fetch(self.session, task.url, self.limits)
         except DownloadError as exc:
-            if exc.transient and task.attempt < self.max_attempts:
-                delay = retry_delay_ms(self.retry_base_ms, task.attempt)
-                log.info("image_retry_scheduled", reason=exc.reason, delay_ms=delay)
-                retry = task.model_copy(update={"attempt": task.attempt + 1})
-                await self.broker.publish_delayed(RoutingKey.IMAGE_TODO, retry, delay)
-                return
-            suffix = f" (after {task.attempt} attempts)" if exc.transient else ""
-            await self._fail(task, f"download failed: {exc.reason}{suffix}", 0)
+            await self._download_failed(task, exc)
             return
+        if self.cache is None:
+            await self._compress_and_store(task, fetched.body, None)
+            return
+        digest = hashlib.sha256(fetched.body).hexdigest()
+        found = await self.cache.find(digest, fetched.body)
+        if isinstance(found, Hit):
+            source = self._source_record(task, digest, fetched, found.key)
+            await self._publish_output(
+                task, found.key, len(fetched.body), found.size, found.codec, CacheKind.SAME_BYTES, source
+            )
+            return
+        await self._compress_and_store(task, fetched.body, _Shared(digest, fetched, expiring=found is not None))
+
+    async def _reuse_revalidated(self, task: ImageTask, key: str, bytes_in: int) -> bool:
+        """After a 304: reuse the output its validators point to, if it can still be reused."""
+        assert self.cache is not None
+        found = await self.cache.check(key)
+        if not isinstance(found, Hit):
+            log.info("cache_revalidated_output_unusable", key=key, expiring=found is not None)
+            return False
+        await self._publish_output(task, found.key, bytes_in, found.size, found.codec, CacheKind.REVALIDATED, None)
+        return True
+
+    async def _download_failed(self, task: ImageTask, exc: DownloadError) -> None:
+        if exc.transient and task.attempt < self.max_attempts:
+            delay = retry_delay_ms(self.retry_base_ms, task.attempt)
+            log.info("image_retry_scheduled", reason=exc.reason, delay_ms=delay)
+            retry = task.model_copy(update={"attempt": task.attempt + 1})
+            await self.broker.publish_delayed(RoutingKey.IMAGE_TODO, retry, delay)
+            return
+        suffix = f" (after {task.attempt} attempts)" if exc.transient else ""
+        await self._fail(task, f"download failed: {exc.reason}{suffix}", 0)
+
+    async def _compress_and_store(self, task: ImageTask, data: bytes, shared: _Shared | None) -> None:
+        """Run the codec and store its output: under the content key when ``shared`` (unless that object is
+        expiring, see shared/cache.py), else under the request's own key."""
         loop = asyncio.get_running_loop()
         try:
             result: Compressed = await loop.run_in_executor(
@@ -107,7 +163,46 @@ class CompressorWorker:
             await self._fail(task, str(exc), 0)
             return
         key = output_key(task, result.extension)
-        await self.storage.put_bytes(key, result.data, result.content_type)
+        source: SourceRecord | None = None
+        if shared is not None and self.cache is not None and not shared.expiring:
+            candidate = self.cache.key_for(shared.digest, result.extension)
+            # find() looked under the extensions the magic bytes allow; should the codec have chosen another, that
+            # key is checked here, so an expiring object is never written again
+            looked = result.extension in output_extensions(data)
+            if looked or not isinstance(await self.cache.check(candidate), Expiring):
+                key = candidate
+                source = self._source_record(task, shared.digest, shared.fetched, key)
+        metadata = {"codec": result.codec} if is_shared_object(key) else None
+        await self.storage.put_bytes(key, result.data, result.content_type, metadata)
+        await self._publish_output(task, key, len(data), len(result.data), result.codec, None, source)
+
+    def _source_record(self, task: ImageTask, digest: str, fetched: Fetched, key: str) -> SourceRecord | None:
+        """What the aggregator should remember about this URL: only when its origin sent validators (without them
+        there is nothing to revalidate with) and only when it differs from what the task says is remembered."""
+        if not fetched.validators:
+            return None
+        record = SourceRecord(
+            sha256=digest,
+            size=len(fetched.body),
+            etag=fetched.validators.etag,
+            last_modified=fetched.validators.last_modified,
+            object_key=key,
+            url_id=url_record_id(task.url),
+        )
+        if task.known is not None and task.known == record.model_copy(update={"url_id": None}):
+            return None
+        return record
+
+    async def _publish_output(
+        self,
+        task: ImageTask,
+        key: str,
+        bytes_in: int,
+        bytes_out: int,
+        codec: str | None,
+        cache: CacheKind | None,
+        source: SourceRecord | None,
+    ) -> None:
         await self.broker.publish(
             RoutingKey.IMAGE_DONE,
             ImageResult(
@@ -117,12 +212,24 @@ class CompressorWorker:
                 index=task.index,
                 ok=True,
                 output_url=self.storage.public_url(key),
-                bytes_in=len(data),
-                bytes_out=len(result.data),
-                codec=result.codec,
+                bytes_in=bytes_in,
+                bytes_out=bytes_out,
+                codec=codec,
+                cached=cache is not None,
+                cache=cache.value if cache is not None else None,
+                cache_object=key if is_shared_object(key) else None,
+                source=source,
             ),
         )
-        log.info("image_done", bytes_in=len(data), bytes_out=len(result.data), format=result.format, codec=result.codec)
+        log.info(
+            "image_done",
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+            codec=codec,
+            cached=cache is not None,
+            cache=cache.value if cache is not None else None,
+            key=key,
+        )
 
     async def _fail(self, task: ImageTask, reason: str, bytes_in: int) -> None:
         reason = short_reason(reason)  # it may quote a remote server or the file: one printable line, no markup

@@ -140,6 +140,16 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                     "type": ["number", "null"],
                     "description": "`100 * (1 - bytes_out / bytes_in)`; null before the first image is done.",
                 },
+                "images_cached": {
+                    **counter,
+                    "description": "Of `images_done`: outputs reused without compressing again, because the same "
+                    "bytes were compressed before at the same settings (`PIXPRESS_CACHE`).",
+                },
+                "images_revalidated": {
+                    **counter,
+                    "description": "Of `images_cached`: the image host answered 304 Not Modified, so the image was "
+                    "not even downloaded.",
+                },
             },
             "additionalProperties": False,
         },
@@ -234,6 +244,13 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                     "type": "array",
                     "items": {"type": ["string", "null"]},
                     "description": "One slot per input URL; the reason an image failed, else null.",
+                },
+                "image_cache": {
+                    "type": "array",
+                    "items": {"type": ["string", "null"], "enum": ["revalidated", "same_bytes", None]},
+                    "description": "One slot per input URL: how its output was reused without compressing again "
+                    "(`revalidated`: the host answered 304; `same_bytes`: these bytes were compressed before), "
+                    "null when it was compressed for this request, failed or is pending.",
                 },
                 "pending": {**counter, "description": "Images of this product not yet settled."},
             },

@@ -72,11 +72,13 @@ def progress_of(document: dict[str, Any]) -> Progress:
         images_failed=document.get("images_failed", 0),
         bytes_in=document.get("bytes_in", 0),
         bytes_out=document.get("bytes_out", 0),
+        images_cached=document.get("images_cached", 0),
+        images_revalidated=document.get("images_revalidated", 0),
     )
 
 
 def _counts(live: dict[str, Any]) -> dict[str, Any]:
-    keys = ("images_done", "images_failed", "bytes_in", "bytes_out")
+    keys = ("images_done", "images_failed", "bytes_in", "bytes_out", "images_cached", "images_revalidated")
     return {key: live.get(key, 0) for key in keys}
 
 
@@ -117,6 +119,8 @@ def status_view(document: dict[str, Any], live: dict[str, Any] | None) -> dict[s
             "bytes_in": progress.bytes_in,
             "bytes_out": progress.bytes_out,
             "savings_percent": savings,
+            "images_cached": progress.images_cached,
+            "images_revalidated": progress.images_revalidated,
         },
     }
     if document.get("output_csv_url"):
@@ -146,12 +150,14 @@ def product_view(document: dict[str, Any], results: list[dict[str, Any]]) -> dic
     count = len(document["input_image_urls"])
     outputs: list[str | None] = [None] * count
     errors: list[str | None] = [None] * count
+    cache: list[str | None] = [None] * count
     settled = 0
     for result in results:
         index = result["index"]
         if 0 <= index < count:
             outputs[index] = result.get("output_url")
             errors[index] = result.get("error")
+            cache[index] = result.get("cache") if result.get("cached") else None
             settled += 1
     return {
         "row": document["row"],
@@ -161,5 +167,7 @@ def product_view(document: dict[str, Any], results: list[dict[str, Any]]) -> dic
         "input_image_urls": document["input_image_urls"],
         "output_image_urls": outputs,
         "image_errors": errors,
+        # per slot: how its output was reused without a codec run ("revalidated", "same_bytes"), None when made
+        "image_cache": cache,
         "pending": count - settled,
     }

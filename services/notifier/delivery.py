@@ -61,6 +61,8 @@ def webhook_body(event: RequestFinished) -> bytes:
             "percent": progress.percent,
             "bytes_in": progress.bytes_in,
             "bytes_out": progress.bytes_out,
+            "images_cached": progress.images_cached,
+            "images_revalidated": progress.images_revalidated,
         },
         "finished_at": event.finished_at.isoformat().replace("+00:00", "Z"),
     }
