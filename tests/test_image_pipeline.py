@@ -22,31 +22,11 @@ from pymongo import AsyncMongoClient
 
 from services.compressor.compress import ImageRejected, compress
 from services.compressor.frame_budget import set_pillow_backstop
-from shared.settings import Settings
+from shared.cache import is_shared_object
 from tests.support import stack, zoo
 from tests.support.client import API, csv_text, upload, wait_final
 from tests.support.photos import reference_quantization
-
-
-def service_settings() -> Settings:
-    """The settings the running services were started with: ``scripts/stack.sh up`` writes their PIXPRESS_*
-    environment to ``<state>/service.env``; this process's own PIXPRESS_* fill in when there is no such file."""
-    values = stack.service_env()
-    scalars = {
-        "read_timeout",
-        "download_timeout",
-        "connect_timeout",
-        "max_image_bytes",
-        "max_image_pixels",
-        "max_redirects",
-        "image_max_attempts",
-        "retry_base_delay_ms",
-        "jpeg_quality",
-        "jpeg_fast_path",
-    }
-    fields = {name.removeprefix("PIXPRESS_").lower(): value for name, value in values.items()}
-    return Settings(**{name: value for name, value in fields.items() if name in scalars})
-
+from tests.support.stack import service_settings
 
 SETTINGS = service_settings()
 
@@ -302,7 +282,9 @@ def test_policy_format_size_pixels_and_metadata(run: Run, good: Good):
     shows = good.sample.shows
     assert out.format == good.fmt
     assert url.endswith(".jpg" if good.fmt == "JPEG" else ".webp")
-    assert f"/images/{run.request_id}/" in url
+    # content-addressed with the output cache on (docs/cache.md), else under the request
+    key = "images/" + url.split("/images/", 1)[1]
+    assert is_shared_object(key) if SETTINGS.cache else key.startswith(f"images/{run.request_id}/")
     assert out.size == shows.size  # dimensions as displayed (orientation applied), never resized
     transparent = shows.mode == "RGBA" and shows.getchannel("A").getextrema()[0] < 255
     if transparent:

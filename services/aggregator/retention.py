@@ -165,8 +165,7 @@ class Retention:
         if budget.left <= 0:
             return False
         documents = 0
-        for collection in (self.db.results, self.db.products):
-            nominate = collection is self.db.results
+        for collection, nominate in ((self.db.results, True), (self.db.products, False)):
             complete, count = await self._delete_documents(collection, request_id, budget, nominate)
             documents += count
             if not complete:

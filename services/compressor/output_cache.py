@@ -9,8 +9,9 @@ looked up by the fan-out in batches) and what it learns goes out in the result, 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import PIL
 import structlog
@@ -20,6 +21,7 @@ from services.compressor import _jpegdct
 from shared.cache import Reuse, is_shared_object, reuse_decision, shared_object_key
 from shared.messages import SourceRecord
 from shared.storage import Storage, StoredObject
+from shared.timeutil import utcnow
 
 log = structlog.get_logger()
 
@@ -80,10 +82,18 @@ class Expiring:
 
 
 class OutputCache:
-    def __init__(self, storage: Storage, quality: int, jpeg_fast_path: bool, retention_days: int | None) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        quality: int,
+        jpeg_fast_path: bool,
+        retention_days: int | None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.storage = storage
         self.fingerprint = policy_fingerprint(quality, jpeg_fast_path)
         self.retention_days = retention_days
+        self.clock = clock
 
     def key_for(self, source_sha256: str, extension: str) -> str:
         return shared_object_key(content_key(source_sha256, self.fingerprint), extension)
@@ -110,7 +120,7 @@ class OutputCache:
         stored = await self.storage.stat(key)
         if stored is None:
             return None
-        decision = reuse_decision(stored.last_modified, datetime.now(UTC), self.retention_days)
+        decision = reuse_decision(stored.last_modified, self.clock(), self.retention_days)
         if decision is Reuse.EXPIRING:
             log.info("cache_object_expiring", key=key, last_modified=stored.last_modified.isoformat())
             return Expiring(key)

@@ -13,6 +13,8 @@ from pathlib import Path
 import aiohttp
 import psutil
 
+from shared.settings import Settings
+
 REPO = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("PIXPRESS_STATE_DIR", REPO / ".run"))
 CONF = STATE / "supervisord.conf"
@@ -54,6 +56,27 @@ def service_env() -> dict[str, str]:
                 name, _, value = words[1].partition("=")
                 values[name] = value
     return values
+
+
+def service_settings() -> Settings:
+    """The image settings the running services were started with (``service_env``), for tests that compare what
+    the services made with what the same code makes here."""
+    scalars = {
+        "read_timeout",
+        "download_timeout",
+        "connect_timeout",
+        "max_image_bytes",
+        "max_image_pixels",
+        "max_redirects",
+        "image_max_attempts",
+        "retry_base_delay_ms",
+        "jpeg_quality",
+        "jpeg_fast_path",
+        "cache",
+        "retention_days",
+    }
+    fields = {name.removeprefix("PIXPRESS_").lower(): value for name, value in service_env().items()}
+    return Settings(**{name: value for name, value in fields.items() if name in scalars})
 
 
 def processes() -> dict[str, int]:

@@ -1,0 +1,244 @@
+"""The output cache's keys and rules, and one compressor worker run in this process against the real RabbitMQ (a
+vhost of its own), MinIO (a bucket of its own) and a local image host: what the cache does with settings the
+stack's services cannot be given per test (cache off, an object at the end of its retention window, a clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import aio_pika
+import aiohttp
+import pytest
+
+from services.compressor import output_cache
+from services.compressor.compress import compress
+from services.compressor.download import DownloadLimits
+from services.compressor.output_cache import OutputCache, content_key, output_extensions, policy_fingerprint
+from services.compressor.worker import CompressorWorker
+from shared.broker import Broker
+from shared.cache import Reuse, may_delete, reuse_decision, shared_object_key
+from shared.messages import ImageResult, ImageTask, Queue, SourceRecord
+from shared.settings import Settings
+from shared.storage import Storage
+from shared.url_guard import guarded_connector
+from tests.support.photos import encode, photo
+from tests.support.scratch import drop_bucket
+from tests.support.servers import ImageHost
+from tests.support.stack import amqp_url
+
+SOURCE = hashlib.sha256(b"some source bytes").hexdigest()
+NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+
+
+# --- keys ----------------------------------------------------------------------------------------------------------
+
+
+def test_every_setting_that_changes_output_bytes_changes_the_key(monkeypatch: pytest.MonkeyPatch):
+    base = content_key(SOURCE, policy_fingerprint(50, True))
+    assert base == content_key(SOURCE, policy_fingerprint(50, True))  # deterministic: redeliveries overwrite
+    others = {
+        "quality": content_key(SOURCE, policy_fingerprint(51, True)),
+        "DCT path off": content_key(SOURCE, policy_fingerprint(50, False)),
+        "other bytes": content_key(hashlib.sha256(b"other").hexdigest(), policy_fingerprint(50, True)),
+    }
+    monkeypatch.setattr(output_cache, "POLICY_VERSION", output_cache.POLICY_VERSION + 1)
+    others["policy version"] = content_key(SOURCE, policy_fingerprint(50, True))
+    assert base not in others.values() and len(set(others.values())) == len(others)
+
+
+def test_a_remembered_url_is_revalidated_only_when_its_output_is_of_these_settings():
+    cache = OutputCache(Storage(Settings()), quality=50, jpeg_fast_path=True, retention_days=None)
+    key = cache.key_for(SOURCE, "jpg")
+    known = SourceRecord(sha256=SOURCE, size=10, etag='"v1"', object_key=key)
+    assert cache.revalidation_target(known) == key
+    assert cache.revalidation_target(known.model_copy(update={"etag": None, "last_modified": "x"})) == key
+    assert cache.revalidation_target(known.model_copy(update={"etag": None})) is None  # nothing to ask with
+    assert cache.revalidation_target(None) is None
+    at_quality_80 = OutputCache(Storage(Settings()), quality=80, jpeg_fast_path=True, retention_days=None)
+    assert at_quality_80.revalidation_target(known) is None  # a 304 would not give it the bytes it needs
+    per_request = known.model_copy(update={"object_key": f"images/{uuid.uuid4()}/0000001-00.jpg"})
+    assert cache.revalidation_target(per_request) is None
+
+
+def test_the_extension_guess_reads_the_magic_bytes():
+    assert output_extensions(encode(photo("chelsea.png"), "JPEG")) == ("jpg",)
+    assert output_extensions(encode(photo("chelsea.png"), "WEBP")) == ("webp",)
+    assert output_extensions(encode(photo("chelsea.png"), "PNG")) == ("jpg", "webp")
+    assert output_extensions(b"") == ("jpg", "webp")
+
+
+def test_reuse_and_deletion_leave_half_the_window_between_them():
+    day = timedelta(days=1)
+    for days in (1, 30):
+        window = days * day
+        assert reuse_decision(NOW - window / 4 + timedelta(seconds=1), NOW, days) is Reuse.FRESH
+        assert reuse_decision(NOW - window / 4, NOW, days) is Reuse.REFRESH
+        assert reuse_decision(NOW - window / 2 + timedelta(seconds=1), NOW, days) is Reuse.REFRESH
+        assert reuse_decision(NOW - window / 2, NOW, days) is Reuse.EXPIRING
+        assert not may_delete(NOW - window + timedelta(seconds=1), NOW, days)
+        assert may_delete(NOW - window, NOW, days)
+        # the latest a reused object can have been last used, and the first moment retention may delete it
+        latest_reuse = NOW - window / 2 + timedelta(seconds=1)
+        assert not may_delete(latest_reuse, NOW + window / 2 - timedelta(seconds=2), days)
+    assert reuse_decision(NOW - 1000 * day, NOW, None) is Reuse.FRESH  # no retention: nothing is ever deleted
+
+
+# --- one worker in this process -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Rig:
+    broker: Broker
+    storage: Storage
+    session: aiohttp.ClientSession
+    executor: ThreadPoolExecutor
+    vhost: str
+    host: ImageHost
+
+    def worker(self, cache: OutputCache | None) -> CompressorWorker:
+        return CompressorWorker(
+            broker=self.broker,
+            storage=self.storage,
+            session=self.session,
+            executor=self.executor,
+            limits=DownloadLimits(max_bytes=20_000_000, max_redirects=2, total_timeout=20, allow_private=True),
+            quality=50,
+            max_pixels=100_000_000,
+            max_frames=100,
+            max_attempts=1,
+            retry_base_ms=100,
+            jpeg_fast_path=True,
+            cache=cache,
+        )
+
+    def cache(self, retention_days: int | None = None, clock: Callable[[], datetime] | None = None) -> OutputCache:
+        return OutputCache(self.storage, 50, True, retention_days, clock or (lambda: datetime.now(UTC)))
+
+    async def results(self, count: int) -> list[ImageResult]:
+        connection = await aio_pika.connect(amqp_url(self.vhost))
+        found: list[ImageResult] = []
+        async with connection:
+            queue = await (await connection.channel()).get_queue(Queue.RESULTS.value)
+            for _ in range(50):
+                message = await queue.get(no_ack=True, fail=False)
+                if message is None:
+                    if len(found) >= count:
+                        break
+                    await asyncio.sleep(0.1)
+                    continue
+                found.append(ImageResult.model_validate_json(message.body))
+        assert len(found) == count, found
+        return found
+
+
+@pytest.fixture
+async def rig(vhost: str, image_host: ImageHost) -> AsyncIterator[Rig]:
+    settings = Settings(s3_bucket=f"pixpress-test-cache-{uuid.uuid4().hex[:8]}")
+    storage = Storage(settings)
+    await storage.ensure_bucket()
+    broker = Broker(amqp_url(vhost))
+    await broker.connect(wait_seconds=10)
+    session = aiohttp.ClientSession(connector=guarded_connector(True))
+    executor = ThreadPoolExecutor(1)
+    try:
+        yield Rig(broker, storage, session, executor, vhost, image_host)
+    finally:
+        await session.close()
+        await broker.close()
+        executor.shutdown()
+        await asyncio.to_thread(drop_bucket, settings)
+
+
+def task(url: str, known: SourceRecord | None = None) -> ImageTask:
+    request_id = str(uuid.uuid4())
+    return ImageTask(request_id=request_id, product_id=f"{request_id}:1", row=1, index=0, url=url, known=known)
+
+
+async def test_with_the_cache_off_every_image_is_downloaded_and_compressed_under_its_request(rig: Rig):
+    body = encode(photo("coffee.png").convert("RGB"), "JPEG", quality=90)
+    url = rig.host.add("off.jpg", body, validators="both")
+    worker = rig.worker(cache=None)
+    first = task(url)
+    await worker._process(first)
+    remembered = SourceRecord(
+        sha256=hashlib.sha256(body).hexdigest(),
+        size=len(body),
+        etag=rig.host.versions["off.jpg"].etag,
+        object_key=rig.cache().key_for(hashlib.sha256(body).hexdigest(), "jpg"),
+    )
+    second = task(url, known=remembered)  # even told what is known, it asks for nothing
+    await worker._process(second)
+    results = await rig.results(2)
+    assert [(a.conditional, a.status) for a in rig.host.served] == [(False, 200), (False, 200)]
+    by_request = {result.request_id: result for result in results}
+    for sent in (first, second):
+        result = by_request[sent.request_id]
+        assert result.ok and not result.cached and result.cache is None and result.cache_object is None
+        assert result.source is None and result.codec == "dct"
+        assert result.output_url == rig.storage.public_url(f"images/{sent.request_id}/0000001-00.jpg")
+    stored = await rig.storage.stat(f"images/{second.request_id}/0000001-00.jpg")
+    assert stored is not None and stored.size == len(compress(body, quality=50).data)
+
+
+async def test_an_output_in_the_second_half_of_the_retention_window_is_neither_reused_nor_rewritten(rig: Rig):
+    body = encode(photo("chelsea.png").convert("RGB"), "JPEG", quality=90)
+    url = rig.host.add("late.jpg", body)
+    await rig.worker(rig.cache(retention_days=1))._process(task(url))
+    made = (await rig.results(1))[0]
+    assert made.cache_object is not None
+    before = await rig.storage.stat(made.cache_object)
+
+    thirteen_hours_on = rig.cache(retention_days=1, clock=lambda: datetime.now(UTC) + timedelta(hours=13))
+    late = task(url)
+    await rig.worker(thirteen_hours_on)._process(late)
+    result = (await rig.results(1))[0]
+    assert not result.cached and result.cache_object is None and result.codec == "dct"  # compressed again
+    assert result.output_url == rig.storage.public_url(f"images/{late.request_id}/0000001-00.jpg")
+    assert await rig.storage.stat(made.cache_object) == before  # the shared object was not touched
+
+
+async def test_an_output_in_the_second_quarter_is_reused_and_its_last_use_moves_forward(rig: Rig):
+    body = encode(photo("rocket.jpg").convert("RGB"), "JPEG", quality=85)
+    url = rig.host.add("aging.jpg", body)
+    await rig.worker(rig.cache(retention_days=1))._process(task(url))
+    key = (await rig.results(1))[0].cache_object
+    assert key is not None
+    before = await rig.storage.stat(key)
+    await asyncio.sleep(1.1)  # Last-Modified has whole seconds
+
+    seven_hours_on = rig.cache(retention_days=1, clock=lambda: datetime.now(UTC) + timedelta(hours=7))
+    await rig.worker(seven_hours_on)._process(task(url))
+    result = (await rig.results(1))[0]
+    assert result.cached and result.cache == "same_bytes" and result.cache_object == key
+    after = await rig.storage.stat(key)
+    assert before is not None and after is not None
+    assert after.last_modified > before.last_modified
+    assert (after.size, after.content_type, after.metadata) == (before.size, before.content_type, before.metadata)
+
+
+async def test_an_output_stored_under_a_guessed_extension_is_found_and_validators_are_reported(rig: Rig):
+    """A PNG with transparency becomes WebP: its output is looked up under .jpg then .webp, and the result carries
+    the validators and hash the aggregator remembers for the URL."""
+    image = photo("astronaut.png").convert("RGBA")
+    image.putalpha(128)
+    body = encode(image, "PNG")
+    url = rig.host.add("alpha.png", body, validators="etag")
+    worker = rig.worker(rig.cache())
+    await worker._process(task(url))
+    await worker._process(task(url))
+    made, reused = await rig.results(2)
+    assert made.cache_object is not None and made.cache_object.endswith(".webp") and not made.cached
+    assert reused.cached and reused.cache == "same_bytes" and reused.cache_object == made.cache_object
+    for result in (made, reused):
+        assert result.source is not None
+        assert result.source.sha256 == hashlib.sha256(body).hexdigest() and result.source.size == len(body)
+        assert result.source.etag == rig.host.versions["alpha.png"].etag
+        assert result.source.object_key == made.cache_object
+    assert made.cache_object == shared_object_key(content_key(made.source.sha256, worker.cache.fingerprint), "webp")
