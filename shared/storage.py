@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO
+from urllib.parse import quote
 
 from minio import Minio
 from minio.commonconfig import REPLACE, CopySource
@@ -55,6 +57,12 @@ def _public_read_policy(bucket: str) -> str:
     )
 
 
+def user_metadata(headers: Mapping[str, str]) -> dict[str, str]:
+    """The ``x-amz-meta-*`` headers of an object, by their names lower-case without the prefix."""
+    prefix = "x-amz-meta-"
+    return {name.lower()[len(prefix) :]: value for name, value in headers.items() if name.lower().startswith(prefix)}
+
+
 class Storage:
     """Writes retry with backoff for ``storage_retry_seconds``: a storage server that restarts for a few seconds
     delays work (the message stays unacked, holding its prefetch slot) instead of failing or redelivering it."""
@@ -63,6 +71,7 @@ class Storage:
         self._retry_seconds = settings.storage_retry_seconds
         self._bucket = settings.s3_bucket
         self._public_base = settings.public_base
+        self._endpoint = f"{'https' if settings.s3_secure else 'http'}://{settings.s3_endpoint}"
         self._client = Minio(
             settings.s3_endpoint,
             access_key=settings.s3_access_key.get_secret_value(),
@@ -93,6 +102,11 @@ class Storage:
     def public_url(self, key: str) -> str:
         return f"{self._public_base}/{key}"
 
+    def endpoint_url(self, key: str) -> str:
+        """The object at the storage endpoint itself (path style), not behind the public base URL (a CDN may
+        answer from its own cache there)."""
+        return f"{self._endpoint}/{self._bucket}/{quote(key)}"
+
     async def put_bytes(
         self, key: str, data: bytes, content_type: str, metadata: dict[str, str] | None = None
     ) -> None:
@@ -117,13 +131,8 @@ class Storage:
             if exc.code in _MISSING:
                 return None
             raise
-        prefix = "x-amz-meta-"
-        metadata = {
-            name.lower()[len(prefix) :]: value
-            for name, value in (found.metadata or {}).items()
-            if name.lower().startswith(prefix)
-        }
         assert found.last_modified is not None and found.size is not None
+        metadata = user_metadata(found.metadata or {})
         return StoredObject(key, found.size, found.last_modified, found.content_type or "", metadata)
 
     async def touch(self, stored: StoredObject) -> bool:

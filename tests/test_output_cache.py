@@ -53,15 +53,16 @@ def test_every_setting_that_changes_output_bytes_changes_the_key(monkeypatch: py
     assert base not in others.values() and len(set(others.values())) == len(others)
 
 
-def test_a_remembered_url_is_revalidated_only_when_its_output_is_of_these_settings():
-    cache = OutputCache(Storage(Settings()), quality=50, jpeg_fast_path=True, retention_days=None)
+async def test_a_remembered_url_is_revalidated_only_when_its_output_is_of_these_settings():
+    async with aiohttp.ClientSession() as http:
+        cache = OutputCache(Storage(Settings()), http, quality=50, jpeg_fast_path=True, retention_days=None)
+        at_quality_80 = OutputCache(Storage(Settings()), http, quality=80, jpeg_fast_path=True, retention_days=None)
     key = cache.key_for(SOURCE, "jpg")
     known = SourceRecord(sha256=SOURCE, size=10, etag='"v1"', object_key=key)
     assert cache.revalidation_target(known) == key
     assert cache.revalidation_target(known.model_copy(update={"etag": None, "last_modified": "x"})) == key
     assert cache.revalidation_target(known.model_copy(update={"etag": None})) is None  # nothing to ask with
     assert cache.revalidation_target(None) is None
-    at_quality_80 = OutputCache(Storage(Settings()), quality=80, jpeg_fast_path=True, retention_days=None)
     assert at_quality_80.revalidation_target(known) is None  # a 304 would not give it the bytes it needs
     per_request = known.model_copy(update={"object_key": f"images/{uuid.uuid4()}/0000001-00.jpg"})
     assert cache.revalidation_target(per_request) is None
@@ -101,6 +102,7 @@ class Rig:
     executor: ThreadPoolExecutor
     vhost: str
     host: ImageHost
+    storage_http: aiohttp.ClientSession
 
     def worker(self, cache: OutputCache | None) -> CompressorWorker:
         return CompressorWorker(
@@ -119,7 +121,8 @@ class Rig:
         )
 
     def cache(self, retention_days: int | None = None, clock: Callable[[], datetime] | None = None) -> OutputCache:
-        return OutputCache(self.storage, 50, True, retention_days, clock or (lambda: datetime.now(UTC)))
+        now = clock or (lambda: datetime.now(UTC))
+        return OutputCache(self.storage, self.storage_http, 50, True, retention_days, now)
 
     async def results(self, count: int) -> list[ImageResult]:
         connection = await aio_pika.connect(amqp_url(self.vhost))
@@ -146,11 +149,13 @@ async def rig(vhost: str, image_host: ImageHost) -> AsyncIterator[Rig]:
     broker = Broker(amqp_url(vhost))
     await broker.connect(wait_seconds=10)
     session = aiohttp.ClientSession(connector=guarded_connector(True))
+    storage_http = aiohttp.ClientSession()
     executor = ThreadPoolExecutor(1)
     try:
-        yield Rig(broker, storage, session, executor, vhost, image_host)
+        yield Rig(broker, storage, session, executor, vhost, image_host, storage_http)
     finally:
         await session.close()
+        await storage_http.close()
         await broker.close()
         executor.shutdown()
         await asyncio.to_thread(drop_bucket, settings)

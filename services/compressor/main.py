@@ -31,15 +31,16 @@ async def run() -> None:
     await broker.connect()
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout, sock_read=settings.read_timeout)
     connector = guarded_connector(settings.allow_private_urls, limit=64)
-    cache = (
-        OutputCache(storage, settings.jpeg_quality, settings.jpeg_fast_path, settings.retention_days)
-        if settings.cache
-        else None
-    )
     executor = ThreadPoolExecutor(max_workers=settings.compressor_workers, thread_name_prefix="codec")
-    async with aiohttp.ClientSession(
-        timeout=timeout, connector=connector, headers={"User-Agent": "pixpress/0.1"}
-    ) as session:
+    async with (
+        aiohttp.ClientSession(timeout=timeout, connector=connector, headers={"User-Agent": "pixpress/0.1"}) as session,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as storage_http,
+    ):
+        cache = (
+            OutputCache(storage, storage_http, settings.jpeg_quality, settings.jpeg_fast_path, settings.retention_days)
+            if settings.cache
+            else None
+        )
         worker = CompressorWorker(
             broker=broker,
             storage=storage,

@@ -12,7 +12,9 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from email.utils import parsedate_to_datetime
 
+import aiohttp
 import PIL
 import structlog
 from PIL import features
@@ -20,7 +22,7 @@ from PIL import features
 from services.compressor import _jpegdct
 from shared.cache import Reuse, is_shared_object, reuse_decision, shared_object_key
 from shared.messages import SourceRecord
-from shared.storage import Storage, StoredObject
+from shared.storage import Storage, StoredObject, user_metadata
 from shared.timeutil import utcnow
 
 log = structlog.get_logger()
@@ -85,12 +87,14 @@ class OutputCache:
     def __init__(
         self,
         storage: Storage,
+        http: aiohttp.ClientSession,
         quality: int,
         jpeg_fast_path: bool,
         retention_days: int | None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.storage = storage
+        self.http = http  # to the storage endpoint only: not through the SSRF guard, which would refuse it
         self.fingerprint = policy_fingerprint(quality, jpeg_fast_path)
         self.retention_days = retention_days
         self.clock = clock
@@ -117,7 +121,7 @@ class OutputCache:
 
     async def check(self, key: str) -> Hit | Expiring | None:
         """HEAD ``key`` and apply the reuse rule (shared/cache.py): reuse, reuse after a touch, or leave it be."""
-        stored = await self.storage.stat(key)
+        stored = await self._head(key)
         if stored is None:
             return None
         decision = reuse_decision(stored.last_modified, self.clock(), self.retention_days)
@@ -127,6 +131,27 @@ class OutputCache:
         if decision is Reuse.REFRESH and not await self.storage.touch(stored):
             return None  # deleted between the HEAD and the touch
         return _hit(stored)
+
+
+    async def _head(self, key: str) -> StoredObject | None:
+        """HEAD without credentials on the event loop: outputs are public-read, so this answers like a signed
+        HEAD (MinIO: 200 or 404) at a fraction of the CPU: minio-py's stat_object, a SigV4-signed request through
+        urllib3 in a worker thread, was a quarter of a compressor's CPU on an unchanged re-upload (py-spy,
+        docs/cache.md). Any other answer (an S3 without the public policy says 403 for a missing key) is left to
+        the signed HEAD."""
+        async with self.http.head(self.storage.endpoint_url(key)) as answer:
+            if answer.status == 404:
+                return None
+            if answer.status != 200:
+                return await self.storage.stat(key)
+            headers = answer.headers
+            return StoredObject(
+                key,
+                int(headers.get("Content-Length", "0")),
+                parsedate_to_datetime(headers["Last-Modified"]),
+                headers.get("Content-Type", ""),
+                user_metadata(headers),
+            )
 
 
 def _hit(stored: StoredObject) -> Hit:
