@@ -29,7 +29,7 @@ from shared.settings import Settings
 from shared.storage import Storage
 from shared.url_guard import guarded_connector
 from tests.support.photos import encode, photo
-from tests.support.scratch import drop_bucket
+from tests.support.scratch import drop_bucket, minio_client
 from tests.support.servers import ImageHost
 from tests.support.stack import amqp_url
 
@@ -103,6 +103,7 @@ class Rig:
     vhost: str
     host: ImageHost
     storage_http: aiohttp.ClientSession
+    settings: Settings
 
     def worker(self, cache: OutputCache | None) -> CompressorWorker:
         return CompressorWorker(
@@ -152,7 +153,7 @@ async def rig(vhost: str, image_host: ImageHost) -> AsyncIterator[Rig]:
     storage_http = aiohttp.ClientSession()
     executor = ThreadPoolExecutor(1)
     try:
-        yield Rig(broker, storage, session, executor, vhost, image_host, storage_http)
+        yield Rig(broker, storage, session, executor, vhost, image_host, storage_http, settings)
     finally:
         await session.close()
         await storage_http.close()
@@ -247,3 +248,20 @@ async def test_an_output_stored_under_a_guessed_extension_is_found_and_validator
         assert result.source.etag == rig.host.versions["alpha.png"].etag
         assert result.source.object_key == made.cache_object
     assert made.cache_object == shared_object_key(content_key(made.source.sha256, worker.cache.fingerprint), "webp")
+
+
+async def test_without_the_public_read_policy_lookups_fall_back_to_a_signed_head(rig: Rig):
+    """The fast lookup is an anonymous HEAD; a store that refuses it (403) is asked again with credentials."""
+    body = encode(photo("coffee.png").convert("RGB"), "JPEG", quality=80)
+    url = rig.host.add("private.jpg", body)
+    worker = rig.worker(rig.cache())
+    await worker._process(task(url))
+    made = (await rig.results(1))[0]
+    assert made.cache_object is not None
+    minio = minio_client(rig.settings)
+    await asyncio.to_thread(minio.delete_bucket_policy, rig.settings.s3_bucket)
+    async with rig.storage_http.head(rig.storage.endpoint_url(made.cache_object)) as anonymous:
+        assert anonymous.status == 403
+    await worker._process(task(url))
+    reused = (await rig.results(1))[0]
+    assert reused.cached and reused.cache_object == made.cache_object
