@@ -17,6 +17,7 @@ class RoutingKey(StrEnum):
     REQUEST_ACCEPTED = "request.accepted"
     IMAGE_TODO = "image.todo"
     IMAGE_SUSPECT = "image.suspect"
+    IMAGE_BATCH = "image.batch"
     IMAGE_DONE = "image.done"
     REQUEST_FINISHED = "request.finished"
 
@@ -28,6 +29,8 @@ class Queue(StrEnum):
     IMAGES = "compressor.images"
     # redelivered image tasks, processed one at a time per compressor (see services/compressor/worker.py)
     IMAGES_SUSPECT = "compressor.images.suspect"
+    # image tasks whose URL is known (the output cache): a few dozen per message, revalidated together
+    IMAGES_BATCH = "compressor.images.batch"
     RESULTS = "aggregator.results"
     WEBHOOKS = "notifier.webhooks"
 
@@ -36,6 +39,7 @@ QUEUE_BINDINGS: dict[Queue, RoutingKey] = {
     Queue.FANOUT: RoutingKey.REQUEST_ACCEPTED,
     Queue.IMAGES: RoutingKey.IMAGE_TODO,
     Queue.IMAGES_SUSPECT: RoutingKey.IMAGE_SUSPECT,
+    Queue.IMAGES_BATCH: RoutingKey.IMAGE_BATCH,
     Queue.RESULTS: RoutingKey.IMAGE_DONE,
     Queue.WEBHOOKS: RoutingKey.REQUEST_FINISHED,
 }
@@ -89,6 +93,14 @@ class ImageTask(Message):
     attempt: int = Field(default=1, ge=1)
     # set by the fan-out when the URL was downloaded before with validators (PIXPRESS_CACHE=on)
     known: SourceRecord | None = None
+
+
+class ImageBatch(Message):
+    """Image tasks of one request whose URLs pixpress downloaded before (each has ``known``): one message for
+    dozens of revalidations that each cost about a millisecond, where per-message costs (a persistent delivery
+    and its ack, a confirmed publish) would otherwise be most of the work (docs/cache.md)."""
+
+    tasks: list[ImageTask] = Field(min_length=1, max_length=1000)
 
 
 class ImageResult(Message):

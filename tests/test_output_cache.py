@@ -22,9 +22,9 @@ from services.compressor.compress import compress
 from services.compressor.download import DownloadLimits
 from services.compressor.output_cache import OutputCache, content_key, output_extensions, policy_fingerprint
 from services.compressor.worker import CompressorWorker
-from shared.broker import Broker
+from shared.broker import Broker, delivery_count
 from shared.cache import Reuse, may_delete, reuse_decision, shared_object_key
-from shared.messages import ImageResult, ImageTask, Queue, SourceRecord
+from shared.messages import ImageBatch, ImageResult, ImageTask, Queue, RoutingKey, SourceRecord
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.url_guard import guarded_connector
@@ -265,3 +265,50 @@ async def test_without_the_public_read_policy_lookups_fall_back_to_a_signed_head
     await worker._process(task(url))
     reused = (await rig.results(1))[0]
     assert reused.cached and reused.cache_object == made.cache_object
+
+
+async def test_a_batch_is_processed_together_and_its_results_published_together(rig: Rig):
+    body = encode(photo("chelsea.png").convert("RGB"), "JPEG", quality=88)
+    url = rig.host.add("batched.jpg", body, validators="etag")
+    worker = rig.worker(rig.cache())
+    await worker._process(task(url))
+    made = (await rig.results(1))[0]
+    assert made.source is not None
+    known = made.source.model_copy(update={"url_id": None})
+    tasks = [task(url, known) for _ in range(5)] + [task(rig.host.url("/img/missing.jpg"), known)]
+    await worker.process_batch(ImageBatch(tasks=tasks))
+    results = {result.request_id: result for result in await rig.results(6)}
+    assert [results[t.request_id].cache for t in tasks[:5]] == ["revalidated"] * 5
+    assert all(results[t.request_id].output_url == made.output_url for t in tasks[:5])
+    missing = results[tasks[5].request_id]  # its conditional GET got a 404: settled as failed, like alone
+    assert not missing.ok and missing.error == "download failed: HTTP 404 from image host"
+    assert [(a.conditional, a.status) for a in rig.host.served_for("batched.jpg")] == [(False, 200)] + [(True, 304)] * 5
+
+
+async def test_a_redelivered_batch_is_split_into_single_tasks(rig: Rig):
+    """A batch whose first delivery failed (its compressor died with it, say) is not processed again as a batch:
+    its tasks go to compressor.images one by one, where a task that kills compressors is isolated."""
+    url = rig.host.add("split.jpg", encode(photo("coffee.png").convert("RGB"), "JPEG", quality=70))
+    tasks = [task(url) for _ in range(3)]
+    worker = rig.worker(rig.cache())
+    delivered: list[int] = []
+    split = asyncio.Event()
+
+    async def first_fails(batch: ImageBatch, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        delivered.append(delivery_count(message))
+        if len(delivered) == 1:
+            raise ConnectionError("the compressor lost its storage mid-batch")
+        await worker.handle_batch(batch, message)
+        split.set()
+
+    await rig.broker.consume(Queue.IMAGES_BATCH, ImageBatch, first_fails, prefetch=1)
+    await rig.broker.publish_many(RoutingKey.IMAGE_BATCH, [ImageBatch(tasks=tasks)])
+    await asyncio.wait_for(split.wait(), timeout=30)
+    await rig.broker.stop_consuming()
+    assert delivered == [0, 1]
+    assert rig.host.served_for("split.jpg") == []  # nothing was downloaded: the batch was only split
+    connection = await aio_pika.connect(amqp_url(rig.vhost))
+    async with connection:
+        queue = await (await connection.channel()).get_queue(Queue.IMAGES.value)
+        singles = [ImageTask.model_validate_json((await queue.get(no_ack=True)).body) for _ in tasks]
+    assert singles == tasks

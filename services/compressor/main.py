@@ -13,7 +13,7 @@ from services.compressor.output_cache import OutputCache
 from services.compressor.worker import CompressorWorker
 from shared.broker import Broker
 from shared.logging import configure_logging
-from shared.messages import ImageTask, Queue
+from shared.messages import ImageBatch, ImageTask, Queue
 from shared.runtime import install_stop_signals, start_health_server
 from shared.settings import get_settings
 from shared.storage import Storage
@@ -59,6 +59,7 @@ async def run() -> None:
             retry_base_ms=settings.retry_base_delay_ms,
             jpeg_fast_path=settings.jpeg_fast_path,
             cache=cache,
+            batch_concurrency=settings.compressor_prefetch,
         )
 
         async def check() -> dict[str, bool]:
@@ -67,6 +68,7 @@ async def run() -> None:
         health = await start_health_server(check, settings.health_host, settings.health_port)
         await broker.consume(Queue.IMAGES, ImageTask, worker.handle, settings.compressor_prefetch)
         await broker.consume(Queue.IMAGES_SUSPECT, ImageTask, worker.handle_suspect, prefetch=1)
+        await broker.consume(Queue.IMAGES_BATCH, ImageBatch, worker.handle_batch, prefetch=2)
         log.info(
             "compressor_started",
             prefetch=settings.compressor_prefetch,

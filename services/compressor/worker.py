@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import random
 from concurrent.futures import Executor
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import aiohttp
@@ -17,11 +18,13 @@ from services.compressor.download import DownloadError, DownloadLimits, Fetched,
 from services.compressor.output_cache import Expiring, Hit, OutputCache, output_extensions
 from shared.broker import DELIVERY_LIMIT, Broker, delivery_count
 from shared.cache import CacheKind, is_shared_object, url_record_id
-from shared.messages import ImageResult, ImageTask, RoutingKey, SourceRecord
+from shared.messages import ImageBatch, ImageResult, ImageTask, RoutingKey, SourceRecord
 from shared.reasons import short_reason
 from shared.storage import Storage
 
 log = structlog.get_logger()
+# while a batch is processed, its tasks' results are gathered here instead of being published one by one
+_collected: ContextVar[list[ImageResult] | None] = ContextVar("collected_results", default=None)
 
 
 def output_key(task: ImageTask, extension: str) -> str:
@@ -58,6 +61,10 @@ class CompressorWorker:
     retry_base_ms: int
     jpeg_fast_path: bool = True
     cache: OutputCache | None = None  # None: PIXPRESS_CACHE=off
+    batch_concurrency: int = 8  # images of batches in progress at once (PIXPRESS_COMPRESSOR_PREFETCH)
+
+    def __post_init__(self) -> None:
+        self._batch_slots = asyncio.Semaphore(self.batch_concurrency)
 
     async def handle(self, task: ImageTask, message: AbstractIncomingMessage) -> None:
         """Tasks from ``compressor.images``, taken ``prefetch`` at a time.
@@ -89,6 +96,47 @@ class CompressorWorker:
             await self._fail(task, reason, 0)
             return
         await self._process(task)
+
+    async def handle_batch(self, batch: ImageBatch, message: AbstractIncomingMessage) -> None:
+        """Tasks from ``compressor.images.batch``: known URLs, revalidated together, results published together.
+
+        A redelivered batch (its compressor died or failed with it) is not processed again but split into single
+        tasks on ``compressor.images``, where a task that kills compressors is isolated as usual (``handle``).
+        """
+        structlog.contextvars.bind_contextvars(request_id=batch.tasks[0].request_id, batch=len(batch.tasks))
+        deliveries = delivery_count(message)
+        if deliveries >= 1:
+            log.warning("image_batch_split", deliveries=deliveries)
+            await self.broker.publish_many(RoutingKey.IMAGE_TODO, batch.tasks)
+            return
+        await self.process_batch(batch)
+
+    async def process_batch(self, batch: ImageBatch) -> None:
+        """Every task of the batch at once (at most ``batch_slots`` at a time, so bodies of changed images cannot
+        pile up), then one bulk publish of their results. A task that raises fails the whole batch, which is then
+        redelivered and split; results gathered until then are dropped, and their tasks done again."""
+        results: list[ImageResult] = []
+        token = _collected.set(results)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for task in batch.tasks:
+                    group.create_task(self._process_slot(task))
+        finally:
+            _collected.reset(token)
+        await self.broker.publish_many(RoutingKey.IMAGE_DONE, results)
+
+    async def _process_slot(self, task: ImageTask) -> None:
+        structlog.contextvars.bind_contextvars(row=task.row, index=task.index, attempt=task.attempt)
+        async with self._batch_slots:
+            await self._process(task)
+
+    async def _emit(self, result: ImageResult) -> None:
+        """Publish a result, or hand it to the batch being processed (``process_batch``)."""
+        collected = _collected.get()
+        if collected is not None:
+            collected.append(result)
+            return
+        await self.broker.publish(RoutingKey.IMAGE_DONE, result)
 
     async def _process(self, task: ImageTask) -> None:
         """Download (conditionally, when the URL is known), reuse a cached output or compress, store, report.
@@ -203,8 +251,7 @@ class CompressorWorker:
         cache: CacheKind | None,
         source: SourceRecord | None,
     ) -> None:
-        await self.broker.publish(
-            RoutingKey.IMAGE_DONE,
+        await self._emit(
             ImageResult(
                 request_id=task.request_id,
                 product_id=task.product_id,
@@ -234,8 +281,7 @@ class CompressorWorker:
     async def _fail(self, task: ImageTask, reason: str, bytes_in: int) -> None:
         reason = short_reason(reason)  # it may quote a remote server or the file: one printable line, no markup
         log.info("image_failed", reason=reason)
-        await self.broker.publish(
-            RoutingKey.IMAGE_DONE,
+        await self._emit(
             ImageResult(
                 request_id=task.request_id,
                 product_id=task.product_id,

@@ -25,6 +25,7 @@ from shared.broker import Broker
 from shared.cache import url_record_id
 from shared.database import Database, find_by_ids, finished_fields, product_id
 from shared.messages import (
+    ImageBatch,
     ImageTask,
     Progress,
     RequestAccepted,
@@ -37,6 +38,7 @@ from shared.storage import Storage
 
 log = structlog.get_logger()
 _DUPLICATE_KEY = 11000
+REVISITS_PER_BATCH = 50
 
 
 class CsvUnprocessable(Exception):
@@ -152,7 +154,7 @@ class FanOut:
             return
         last_row = fresh[-1].row
         known = await self._known_sources({url for row in fresh for url in row.urls})
-        tasks = (
+        tasks = [
             ImageTask(
                 request_id=request_id,
                 product_id=product_id(request_id, row.row),
@@ -163,8 +165,14 @@ class FanOut:
             )
             for row in fresh
             for index, url in enumerate(row.urls)
-        )
-        await self.broker.publish_many(RoutingKey.IMAGE_TODO, tasks)
+        ]
+        # URLs downloaded before go out in batches (compressor.images.batch): revalidating one costs about as much
+        # as the delivery, ack and confirmed publish a message of its own would add
+        revisits = [task for task in tasks if task.known is not None]
+        size = REVISITS_PER_BATCH
+        batches = (ImageBatch(tasks=revisits[i : i + size]) for i in range(0, len(revisits), size))
+        await self.broker.publish_many(RoutingKey.IMAGE_BATCH, batches)
+        await self.broker.publish_many(RoutingKey.IMAGE_TODO, (task for task in tasks if task.known is None))
         await self.db.requests.update_one(
             {"_id": request_id, "fanout_cursor": {"$lt": last_row}},
             {"$set": {"fanout_cursor": last_row, "updated_at": utcnow()}},
