@@ -99,6 +99,11 @@ class Storage:
                     raise
         self._client.set_bucket_policy(self._bucket, _public_read_policy(self._bucket))
 
+    @property
+    def retry_seconds(self) -> float:
+        """How long storage calls should wait out an unreachable storage server (PIXPRESS_STORAGE_RETRY_SECONDS)."""
+        return self._retry_seconds
+
     def public_url(self, key: str) -> str:
         return f"{self._public_base}/{key}"
 

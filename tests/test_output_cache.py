@@ -287,7 +287,7 @@ async def test_a_batch_is_processed_together_and_its_results_published_together(
 
 async def test_a_redelivered_batch_is_split_into_single_tasks(rig: Rig):
     """A batch whose first delivery failed (its compressor died with it, say) is not processed again as a batch:
-    its tasks go to compressor.images one by one, where a task that kills compressors is isolated."""
+    its tasks go to the suspect queue one by one, where a task that kills compressors hurts no other."""
     url = rig.host.add("split.jpg", encode(photo("coffee.png").convert("RGB"), "JPEG", quality=70))
     tasks = [task(url) for _ in range(3)]
     worker = rig.worker(rig.cache())
@@ -309,6 +309,6 @@ async def test_a_redelivered_batch_is_split_into_single_tasks(rig: Rig):
     assert rig.host.served_for("split.jpg") == []  # nothing was downloaded: the batch was only split
     connection = await aio_pika.connect(amqp_url(rig.vhost))
     async with connection:
-        queue = await (await connection.channel()).get_queue(Queue.IMAGES.value)
+        queue = await (await connection.channel()).get_queue(Queue.IMAGES_SUSPECT.value)
         singles = [ImageTask.model_validate_json((await queue.get(no_ack=True)).body) for _ in tasks]
     assert singles == tasks

@@ -18,6 +18,7 @@ import aiohttp
 import PIL
 import structlog
 from PIL import features
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from services.compressor import _jpegdct
 from shared.cache import Reuse, is_shared_object, reuse_decision, shared_object_key
@@ -139,6 +140,18 @@ class OutputCache:
         urllib3 in a worker thread, was a quarter of a compressor's CPU on an unchanged re-upload (py-spy,
         docs/cache.md). Any other answer (an S3 without the public policy says 403 for a missing key) is left to
         the signed HEAD."""
+        # as minio-py retries its own calls: a storage server that restarts delays the image rather than failing it
+        async for attempt in AsyncRetrying(
+            stop=stop_after_delay(self.storage.retry_seconds),
+            wait=wait_exponential(multiplier=0.2, max=5),
+            retry=retry_if_exception_type((aiohttp.ClientConnectionError, TimeoutError)),
+            reraise=True,
+        ):
+            with attempt:
+                return await self._head_once(key)
+        raise AssertionError("unreachable: AsyncRetrying reraises")
+
+    async def _head_once(self, key: str) -> StoredObject | None:
         async with self.http.head(self.storage.endpoint_url(key)) as answer:
             if answer.status == 404:
                 return None

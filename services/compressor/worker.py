@@ -101,13 +101,14 @@ class CompressorWorker:
         """Tasks from ``compressor.images.batch``: known URLs, revalidated together, results published together.
 
         A redelivered batch (its compressor died or failed with it) is not processed again but split into single
-        tasks on ``compressor.images``, where a task that kills compressors is isolated as usual (``handle``).
+        tasks on the suspect queue, as a redelivered single task would be (``handle``): if one of them is what kills
+        compressors, it takes no innocent with it there.
         """
         structlog.contextvars.bind_contextvars(request_id=batch.tasks[0].request_id, batch=len(batch.tasks))
         deliveries = delivery_count(message)
         if deliveries >= 1:
             log.warning("image_batch_split", deliveries=deliveries)
-            await self.broker.publish_many(RoutingKey.IMAGE_TODO, batch.tasks)
+            await self.broker.publish_many(RoutingKey.IMAGE_SUSPECT, batch.tasks)
             return
         await self.process_batch(batch)
 
