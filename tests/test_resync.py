@@ -8,6 +8,7 @@ counts every request and honours If-None-Match / If-Modified-Since when a body i
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from shared.cache import is_shared_object
 from shared.database import Database
 from shared.settings import Settings
 from shared.storage import Storage
+from tests.support import stack as control
 from tests.support.client import API, csv_text, upload, wait_final
 from tests.support.photos import encode, photo
 from tests.support.servers import ImageHost, ValidatorKind
@@ -207,3 +209,29 @@ async def test_two_urls_with_the_same_bytes_share_one_object(
     assert second.slot("S3", 0) == (shared, "revalidated")
     assert second.slot("S3", 1) == (shared, "same_bytes")
     assert await read(http, shared) == fresh_run(body)
+
+
+@pytest.mark.faults
+async def test_compressors_killed_mid_batch_lose_no_image(
+    stack_api: str, http: aiohttp.ClientSession, image_host: ImageHost
+):
+    """Known URLs travel in batches; kill -9 every compressor while they revalidate, and every image still settles
+    (the batches come back, are split into single tasks on the suspect queue and done there)."""
+    body = unique_jpeg("coffee.png")
+    urls = [image_host.add(f"k{i}.jpg", body, validators="etag") for i in range(80)]
+    rows = [(f"K{i:02d}", f"Mug {i}", [url]) for i, url in enumerate(urls)]
+    first = await process(http, rows)
+    image_host.delay = 0.3  # each revalidation takes 0.3 s: the batches are in the compressors' hands a while
+    request_id = (await (await upload(http, csv_text(rows))).json())["request_id"]
+    while not [a for a in image_host.served if a.conditional]:
+        await asyncio.sleep(0.05)
+    for name in control.compressor_names():
+        await control.wait_running(name, control.kill_9(name))
+    image_host.delay = 0
+    final = await wait_final(http, request_id, timeout=180)
+    assert final["status"] == "Completed" and final["progress"]["images_done"] == 80, final
+    async with http.get(f"{API}/requests/{request_id}/products?limit=500") as answer:
+        items = (await answer.json())["items"]
+    assert {url for item in items for url in item["output_image_urls"]} == {first.slot("K00")[0]}
+    revalidations = [answer for answer in image_host.served if answer.conditional]
+    assert len(revalidations) > 80, "no batch was interrupted: the kill came too late to test anything"
