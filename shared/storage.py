@@ -3,31 +3,56 @@
 The minio SDK is blocking, so calls run in worker threads. Objects under ``images/`` and ``outputs/`` are
 public-read (clients GET them without credentials, as the brief requires); raw uploads under ``uploads/`` stay
 private.
+
+Every read and write retries transient failures (connection refused or reset, timeouts, 5xx answers, MinIO still
+starting) with exponential backoff for up to ``PIXPRESS_STORAGE_RETRY_SECONDS``; minio-py's own urllib3 retries
+(5 more tries within about 6 s) run inside each of our tries. A storage server that restarts therefore delays the work
+holding it: the message being handled stays unacked and keeps its prefetch slot, instead of failing, being
+redelivered and, for image tasks, moving to the suspect queue. Permanent errors (access denied, no such key or
+bucket) are raised at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
-from collections.abc import Mapping
+import os
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 from urllib.parse import quote
 
+import structlog
 from minio import Minio
 from minio.commonconfig import REPLACE, CopySource
 from minio.deleteobjects import DeleteObject
-from minio.error import S3Error
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from minio.error import InvalidResponseError, S3Error, ServerError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+    wait_exponential_jitter,
+)
 from urllib3.exceptions import HTTPError
 
 from shared.settings import Settings
 
+log = structlog.get_logger()
+
 PUBLIC_PREFIXES = ("images/", "outputs/")
-STORAGE_ERRORS = (S3Error, HTTPError, OSError)
+STORAGE_ERRORS = (S3Error, ServerError, InvalidResponseError, HTTPError, OSError)
+# S3 error codes that say "try again" whatever the HTTP status (RequestTimeout is a 400)
+_TRANSIENT_CODES = frozenset(
+    {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "XMinioServerNotInitialized"}
+)
 _MISSING = ("NoSuchKey", "NoSuchObject")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -39,6 +64,20 @@ class StoredObject:
     last_modified: datetime
     content_type: str
     metadata: dict[str, str]  # user metadata (x-amz-meta-*), names lower-case without the prefix
+
+
+def is_transient(error: BaseException) -> bool:
+    """Worth another try: the server was unreachable, slow or said so. Local file errors and S3's refusals
+    (4xx such as AccessDenied, NoSuchKey, NoSuchBucket) are not."""
+    if isinstance(error, HTTPError | ConnectionError | TimeoutError):  # urllib3: refused, reset, timed out, retried out
+        return True
+    if isinstance(error, S3Error):
+        return error.code in _TRANSIENT_CODES or error.response.status >= 500
+    if isinstance(error, ServerError):
+        return error.status_code >= 500
+    if isinstance(error, InvalidResponseError):  # a proxy's HTML 502 page, say
+        return "Response code: 5" in str(error)
+    return False
 
 
 def _public_read_policy(bucket: str) -> str:
@@ -63,9 +102,23 @@ def user_metadata(headers: Mapping[str, str]) -> dict[str, str]:
     return {name.lower()[len(prefix) :]: value for name, value in headers.items() if name.lower().startswith(prefix)}
 
 
+def _retry_logger(operation: str, key: str) -> Callable[[RetryCallState], None]:
+    def log_retry(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        log.warning(
+            "storage_retry",
+            operation=operation,
+            key=key,
+            attempt=state.attempt_number,
+            error=f"{type(error).__name__}: {str(error)[:200]}",
+            next_try_in=round(state.upcoming_sleep, 2),
+        )
+
+    return log_retry
+
+
 class Storage:
-    """Writes retry with backoff for ``storage_retry_seconds``: a storage server that restarts for a few seconds
-    delays work (the message stays unacked, holding its prefetch slot) instead of failing or redelivering it."""
+    """Reads and writes retry transient failures for ``storage_retry_seconds`` (see the module docstring)."""
 
     def __init__(self, settings: Settings) -> None:
         self._retry_seconds = settings.storage_retry_seconds
@@ -99,11 +152,6 @@ class Storage:
                     raise
         self._client.set_bucket_policy(self._bucket, _public_read_policy(self._bucket))
 
-    @property
-    def retry_seconds(self) -> float:
-        """How long storage calls should wait out an unreachable storage server (PIXPRESS_STORAGE_RETRY_SECONDS)."""
-        return self._retry_seconds
-
     def public_url(self, key: str) -> str:
         return f"{self._public_base}/{key}"
 
@@ -112,22 +160,52 @@ class Storage:
         answer from its own cache there)."""
         return f"{self._endpoint}/{self._bucket}/{quote(key)}"
 
+    async def retrying(
+        self,
+        operation: str,
+        key: str,
+        call: Callable[[], Awaitable[T]],
+        transient: Callable[[BaseException], bool] = is_transient,
+    ) -> T:
+        """Await ``call()`` again after each transient failure until the retry time is up (the last try may start
+        up to one backoff, at most 5 s, before that); then, or on a permanent error, the error is raised. ``call``
+        must be safe to repeat from the start. Public for storage requests made without minio-py (the output
+        cache's anonymous HEAD), which pass what counts as transient for their client."""
+        async for attempt in AsyncRetrying(
+            stop=stop_after_delay(self._retry_seconds),
+            wait=wait_exponential_jitter(multiplier=0.2, max=5),
+            retry=retry_if_exception(transient),
+            before_sleep=_retry_logger(operation, key),
+            reraise=True,
+        ):
+            with attempt:
+                return await call()
+        raise AssertionError("unreachable: AsyncRetrying either returns or raises")
+
+    async def _retrying(self, operation: str, key: str, call: Callable[[], T]) -> T:
+        """:meth:`retrying` for a blocking minio-py ``call``, run in a worker thread."""
+        return await self.retrying(operation, key, lambda: asyncio.to_thread(call))
+
     async def put_bytes(
         self, key: str, data: bytes, content_type: str, metadata: dict[str, str] | None = None
     ) -> None:
-        await asyncio.to_thread(
-            self._client.put_object,
-            self._bucket,
-            key,
-            io.BytesIO(data),
-            len(data),
-            content_type=content_type,
-            metadata=metadata,  # type: ignore[arg-type]
-        )
+        """``metadata``: user metadata, stored as ``x-amz-meta-<name>`` headers (see :meth:`stat`)."""
+
+        def put() -> None:
+            self._client.put_object(
+                self._bucket,
+                key,
+                io.BytesIO(data),
+                len(data),
+                content_type=content_type,
+                metadata=metadata,  # type: ignore[arg-type]
+            )
+
+        await self._retrying("put", key, put)
 
     async def stat(self, key: str) -> StoredObject | None:
         """HEAD the object; None when it does not exist."""
-        return await asyncio.to_thread(self._stat_sync, key)
+        return await self._retrying("stat", key, lambda: self._stat_sync(key))
 
     def _stat_sync(self, key: str) -> StoredObject | None:
         try:
@@ -142,8 +220,8 @@ class Storage:
 
     async def touch(self, stored: StoredObject) -> bool:
         """Move the object's Last-Modified to now without moving its bytes (a copy onto itself replacing its
-        metadata, which MinIO does in the metadata alone); False when it no longer exists."""
-        return await asyncio.to_thread(self._touch_sync, stored)
+        metadata, which MinIO does in the metadata alone); False when it no longer exists. Safe to repeat."""
+        return await self._retrying("touch", stored.key, lambda: self._touch_sync(stored))
 
     def _touch_sync(self, stored: StoredObject) -> bool:
         metadata = {f"x-amz-meta-{name}": value for name, value in stored.metadata.items()}
@@ -163,12 +241,19 @@ class Storage:
         return True
 
     async def put_stream(self, key: str, stream: BinaryIO, length: int, content_type: str) -> None:
-        await asyncio.to_thread(self._client.put_object, self._bucket, key, stream, length, content_type=content_type)
+        """``stream`` must be seekable: every try sends it again from where it stood at the call."""
+        start = stream.tell()
+
+        def put() -> None:
+            stream.seek(start)  # a failed try may have read part or all of it
+            self._client.put_object(self._bucket, key, stream, length, content_type=content_type)
+
+        await self._retrying("put", key, put)
 
     async def delete_prefix(self, prefix: str, limit: int) -> int:
         """Deletes up to ``limit`` objects whose keys start with ``prefix``; returns how many it deleted (fewer
         than ``limit``: none are left)."""
-        return await asyncio.to_thread(self._delete_prefix_sync, prefix, limit)
+        return await self._retrying("delete_prefix", prefix, lambda: self._delete_prefix_sync(prefix, limit))
 
     def _delete_prefix_sync(self, prefix: str, limit: int) -> int:
         names = []
@@ -184,10 +269,21 @@ class Storage:
         return len(names)
 
     async def delete(self, key: str) -> None:
-        await asyncio.to_thread(self._client.remove_object, self._bucket, key)
+        await self._retrying("delete", key, lambda: self._client.remove_object(self._bucket, key))
 
     async def download_to_file(self, key: str, path: str) -> None:
-        await asyncio.to_thread(self._client.fget_object, self._bucket, key, path)
+        """Every try downloads the whole object again into a part file next to ``path``, renamed on success;
+        the part file is removed when the download fails for good."""
+        part = f"{path}.part"
+
+        def get() -> None:
+            self._client.fget_object(self._bucket, key, path, tmp_file_path=part)
+
+        try:
+            await self._retrying("get", key, get)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(part)
 
     async def healthy(self) -> bool:
         try:

@@ -26,7 +26,7 @@ from shared.messages import ImageResult
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.timeutil import utcnow
-from tests.support import stack as control
+from testkit.stack import service_env, service_settings
 from tests.support.client import API, csv_text, upload, wait_final
 from tests.support.photos import encode, photo
 from tests.support.scratch import minio_client, scratch_stores
@@ -75,7 +75,7 @@ async def stack_db() -> AsyncIterator[Database]:
 
 
 def retention_days_of_the_stack() -> int:
-    value = control.service_env().get("PIXPRESS_RETENTION_DAYS")
+    value = service_env().get("PIXPRESS_RETENTION_DAYS")
     if not value:
         pytest.fail("the stack runs without PIXPRESS_RETENTION_DAYS; `make test` sets it (scripts/stack.sh up)")
     return int(value)
@@ -103,7 +103,7 @@ async def test_the_aggregator_deletes_expired_requests_everywhere_and_keeps_rece
     before = await traces(stack_db, expired, key)
     assert before == {"requests": 1, "products": 2, "results": 3, "progress": 0, "webhooks": 1, "idempotency_keys": 1}
     # input CSV and output CSV, and the 3 images unless they are shared outputs of the cache (docs/cache.md)
-    cached = control.service_settings().cache
+    cached = service_settings().cache
     assert len(stored_objects(minio, settings.s3_bucket, expired)) == (2 if cached else 5)
     shared = {doc["cache_object"] async for doc in stack_db.results.find({"request_id": expired})} - {None}
     assert len(shared) == (1 if cached else 0)  # one photo, three slots, two requests: one object
@@ -231,7 +231,8 @@ async def test_products_are_paged_by_row_key(stack: str, http: aiohttp.ClientSes
             assert answer.status == 200, await answer.text()
             return await answer.json()
 
-    pages, path = [], f"/requests/{request_id}/products?limit=3"
+    pages: list[dict] = []
+    path: str | None = f"/requests/{request_id}/products?limit=3"
     while path:
         pages.append(await page(path))
         path = pages[-1].get("next")

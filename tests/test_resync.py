@@ -22,11 +22,11 @@ from shared.cache import is_shared_object
 from shared.database import Database
 from shared.settings import Settings
 from shared.storage import Storage
+from testkit.stack import service_settings
 from tests.support import stack as control
 from tests.support.client import API, csv_text, upload, wait_final
 from tests.support.photos import encode, photo
 from tests.support.servers import ImageHost, ValidatorKind
-from tests.support.stack import service_settings
 
 SETTINGS = service_settings()
 pytestmark = pytest.mark.skipif(not SETTINGS.cache, reason="the stack runs with PIXPRESS_CACHE=off")
@@ -129,9 +129,9 @@ async def test_the_same_csv_again_only_revalidates_runs_no_codec_and_serves_iden
         assert (url, cache) == (made[name][0], "revalidated")
         assert await read(http, url) == fresh_run(body)
         # not written again: same object version, same Last-Modified
-        stored = await storage.stat(object_key(url))
-        assert stored is not None and made[name][1] is not None
-        assert (stored.last_modified, stored.size) == (made[name][1].last_modified, made[name][1].size)
+        stored, before = await storage.stat(object_key(url)), made[name][1]
+        assert stored is not None and before is not None
+        assert (stored.last_modified, stored.size) == (before.last_modified, before.size)
     results = await db.results.find({"request_id": second.request_id}).to_list()
     assert {(doc["cached"], doc["cache"]) for doc in results} == {(True, "revalidated")}
     # the codec that made each output is still recorded; that no codec ran now is what "cached" says

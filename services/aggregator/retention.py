@@ -35,11 +35,10 @@ from typing import Any
 
 import structlog
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError
 
 from shared.cache import may_delete
-from shared.database import IDS_PER_QUERY, Database
-from shared.messages import RequestStatus
+from shared.database import IDS_PER_QUERY, Database, insert_new
+from shared.lifecycle import FINAL_STATUSES
 from shared.storage import Storage
 from shared.timeutil import hour_key, hour_keys, next_hour, previous_hour, utcnow
 
@@ -49,8 +48,6 @@ CURSOR_ID = "cursor"
 PASS_BUDGET = 20_000  # documents and objects per pass: at the default 30 s sweep, ~2.4 million an hour at most
 HOURS_PER_QUERY = 1000
 REQUESTS_PER_QUERY = 100
-_FINAL = [RequestStatus.COMPLETED.value, RequestStatus.FAILED.value]
-_DUPLICATE_KEY = 11000
 _REQUEST_FIELDS = {"_id": 1, "idempotency_key": 1}
 
 
@@ -209,11 +206,7 @@ class Retention:
         """Shared objects whose references are about to go: checked by ``_collect_candidates``."""
         if not keys:
             return
-        try:
-            await self.db.cache_candidates.insert_many([{"_id": key} for key in sorted(keys)], ordered=False)
-        except BulkWriteError as exc:  # already candidates
-            if any(error.get("code") != _DUPLICATE_KEY for error in exc.details.get("writeErrors", [])):
-                raise
+        await insert_new(self.db.cache_candidates, [{"_id": key} for key in sorted(keys)])  # some may be already
 
     async def _collect_candidates(self, now: datetime, budget: Budget) -> None:
         """Delete the candidates' objects that nothing points to and nobody used for the whole window.
@@ -282,7 +275,7 @@ class Retention:
         """
         oldest = hour_key(utcnow())
         tagged = 0
-        for status in _FINAL:
+        for status in FINAL_STATUSES:
             cursor = self.db.requests.find(
                 {"status": status}, projection={"finished_hour": 1, "finished_at": 1, "updated_at": 1}
             )

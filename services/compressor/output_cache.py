@@ -18,7 +18,6 @@ import aiohttp
 import PIL
 import structlog
 from PIL import features
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from services.compressor import _jpegdct
 from shared.cache import Reuse, is_shared_object, reuse_decision, shared_object_key
@@ -133,38 +132,37 @@ class OutputCache:
             return None  # deleted between the HEAD and the touch
         return _hit(stored)
 
-
     async def _head(self, key: str) -> StoredObject | None:
         """HEAD without credentials on the event loop: outputs are public-read, so this answers like a signed
         HEAD (MinIO: 200 or 404) at a fraction of the CPU: minio-py's stat_object, a SigV4-signed request through
         urllib3 in a worker thread, was a quarter of a compressor's CPU on an unchanged re-upload (py-spy,
         docs/cache.md). Any other answer (an S3 without the public policy says 403 for a missing key) is left to
-        the signed HEAD."""
-        # as minio-py retries its own calls: a storage server that restarts delays the image rather than failing it
-        async for attempt in AsyncRetrying(
-            stop=stop_after_delay(self.storage.retry_seconds),
-            wait=wait_exponential(multiplier=0.2, max=5),
-            retry=retry_if_exception_type((aiohttp.ClientConnectionError, TimeoutError)),
-            reraise=True,
-        ):
-            with attempt:
-                return await self._head_once(key)
-        raise AssertionError("unreachable: AsyncRetrying reraises")
+        the signed HEAD. An unreachable storage server is waited out like in every storage call."""
+        answered, stored = await self.storage.retrying(
+            "head", key, lambda: self._anonymous_head(key), transient=_unreachable
+        )
+        return stored if answered else await self.storage.stat(key)
 
-    async def _head_once(self, key: str) -> StoredObject | None:
+    async def _anonymous_head(self, key: str) -> tuple[bool, StoredObject | None]:
+        """(False, None) when the answer was neither 200 nor 404."""
         async with self.http.head(self.storage.endpoint_url(key)) as answer:
             if answer.status == 404:
-                return None
+                return True, None
             if answer.status != 200:
-                return await self.storage.stat(key)
+                return False, None
             headers = answer.headers
-            return StoredObject(
+            return True, StoredObject(
                 key,
                 int(headers.get("Content-Length", "0")),
                 parsedate_to_datetime(headers["Last-Modified"]),
                 headers.get("Content-Type", ""),
                 user_metadata(headers),
             )
+
+
+def _unreachable(error: BaseException) -> bool:
+    """The storage server did not answer (refused, reset, timed out): worth another try."""
+    return isinstance(error, aiohttp.ClientConnectionError | TimeoutError)
 
 
 def _hit(stored: StoredObject) -> Hit:

@@ -253,11 +253,7 @@ class CompressorWorker:
         source: SourceRecord | None,
     ) -> None:
         await self._emit(
-            ImageResult(
-                request_id=task.request_id,
-                product_id=task.product_id,
-                row=task.row,
-                index=task.index,
+            task.settled(
                 ok=True,
                 output_url=self.storage.public_url(key),
                 bytes_in=bytes_in,
@@ -267,7 +263,7 @@ class CompressorWorker:
                 cache=cache.value if cache is not None else None,
                 cache_object=key if is_shared_object(key) else None,
                 source=source,
-            ),
+            )
         )
         log.info(
             "image_done",
@@ -282,17 +278,7 @@ class CompressorWorker:
     async def _fail(self, task: ImageTask, reason: str, bytes_in: int) -> None:
         reason = short_reason(reason)  # it may quote a remote server or the file: one printable line, no markup
         log.info("image_failed", reason=reason)
-        await self._emit(
-            ImageResult(
-                request_id=task.request_id,
-                product_id=task.product_id,
-                row=task.row,
-                index=task.index,
-                ok=False,
-                error=reason,
-                bytes_in=bytes_in,
-            ),
-        )
+        await self._emit(task.settled(ok=False, error=reason, bytes_in=bytes_in))
 
 
 def _compress_job(data: bytes, quality: int, max_pixels: int, max_frames: int, jpeg_fast_path: bool) -> Compressed:

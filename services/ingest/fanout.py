@@ -17,27 +17,18 @@ from typing import Any
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
-from pymongo.errors import BulkWriteError
 
 from services.ingest.csv_parser import CsvReader, Limits, ProductRow, RowProblem
-from services.ingest.records import product_document, utcnow
+from services.ingest.records import product_document
 from shared.broker import Broker
 from shared.cache import url_record_id
-from shared.database import Database, find_by_ids, finished_fields, product_id
-from shared.messages import (
-    ImageBatch,
-    ImageTask,
-    Progress,
-    RequestAccepted,
-    RequestFinished,
-    RequestStatus,
-    RoutingKey,
-    SourceRecord,
-)
+from shared.database import Database, find_by_ids, insert_new, product_id
+from shared.lifecycle import final_status, is_open, publish_outbox, still_open
+from shared.messages import ImageBatch, ImageTask, RequestAccepted, RequestStatus, RoutingKey, SourceRecord
 from shared.storage import Storage
+from shared.timeutil import utcnow
 
 log = structlog.get_logger()
-_DUPLICATE_KEY = 11000
 REVISITS_PER_BATCH = 50
 
 
@@ -74,7 +65,7 @@ class FanOut:
         if request is None:
             log.warning("fanout_unknown_request")
             return
-        if request["status"] not in (RequestStatus.QUEUED.value, RequestStatus.PROCESSING.value):
+        if not is_open(request["status"]):
             log.info("fanout_skipped_final", status=request["status"])
             return
         await self.db.requests.update_one(
@@ -142,11 +133,7 @@ class FanOut:
         fresh = [row for row in batch if row.row > cursor]
         if not fresh:
             return  # stored and published before a crash
-        try:
-            await self.db.products.insert_many([product_document(request_id, row) for row in fresh], ordered=False)
-        except BulkWriteError as exc:
-            if any(error.get("code") != _DUPLICATE_KEY for error in exc.details.get("writeErrors", [])):
-                raise
+        await insert_new(self.db.products, [product_document(request_id, row) for row in fresh])
 
     async def _publish(self, request_id: str, batch: list[ProductRow], cursor: int) -> None:
         fresh = [row for row in batch if row.row > cursor]
@@ -186,44 +173,17 @@ class FanOut:
         by_id = {url_record_id(url): url for url in urls}
         known: dict[str, SourceRecord] = {}
         for record in await find_by_ids(self.db.url_validators, list(by_id)):
-            try:
-                known[by_id[record["_id"]]] = SourceRecord(
-                    sha256=record["sha256"],
-                    size=record["size"],
-                    etag=record.get("etag"),
-                    last_modified=record.get("last_modified"),
-                    object_key=record["object_key"],
-                )
-            except (KeyError, ValidationError):  # a record this version cannot use: the URL is downloaded whole
+            try:  # the record's own fields (_id, stored_hour) are ignored, like any field a message does not know
+                known[by_id[record["_id"]]] = SourceRecord.model_validate(record)
+            except ValidationError:  # a record this version cannot use: the URL is downloaded whole
                 log.warning("url_record_unusable", url_id=record.get("_id"))
         return known
 
     async def _fail(self, request: dict[str, Any], reason: str) -> None:
         """The CSV is unusable: the request ends Failed, once, and the notifier hears about it."""
-        now = utcnow()
-        result = await self.db.requests.update_one(
-            {"_id": request["_id"], "status": {"$in": [RequestStatus.QUEUED.value, RequestStatus.PROCESSING.value]}},
-            {
-                "$set": {
-                    "status": RequestStatus.FAILED.value,
-                    "error": reason,
-                    "updated_at": now,
-                    **finished_fields(now),
-                    "outbox_pending": True,
-                }
-            },
+        ended = await self.db.requests.update_one(
+            still_open(request["_id"]), {"$set": final_status(RequestStatus.FAILED, utcnow(), error=reason)}
         )
         log.error("fanout_failed", reason=reason)
-        if result.modified_count:
-            await self.broker.publish(
-                RoutingKey.REQUEST_FINISHED,
-                RequestFinished(
-                    request_id=request["_id"],
-                    status=RequestStatus.FAILED,
-                    error=reason,
-                    progress=Progress(),
-                    finished_at=now,
-                ),
-                message_id=request["_id"],
-            )
-            await self.db.requests.update_one({"_id": request["_id"]}, {"$set": {"outbox_pending": False}})
+        if ended.modified_count:
+            await publish_outbox(self.db, self.broker, request["_id"])
