@@ -27,6 +27,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
+from shared.cache import CacheKind
 from shared.messages import Progress, RequestFinished, RequestStatus
 
 ACCEPTED_MESSAGE: Final = "CSV received and processing started."
@@ -120,6 +121,16 @@ class ProgressView(ApiModel):
     savings_percent: float | None = Field(
         description="`100 * (1 - bytes_out / bytes_in)`, two decimals; null before the first image is done."
     )
+    images_cached: int = Field(
+        ge=0,
+        description="Of `images_done`: outputs reused without compressing again, because the same bytes were "
+        "compressed before at the same settings (`PIXPRESS_CACHE`).",
+    )
+    images_revalidated: int = Field(
+        ge=0,
+        description="Of `images_cached`: the image host answered 304 Not Modified, so the image was not even "
+        "downloaded.",
+    )
 
     @classmethod
     def of(cls, progress: Progress) -> ProgressView:
@@ -209,6 +220,11 @@ class ProductView(ApiModel):
         description="One slot per input URL, same order; null until done, and when the image failed."
     )
     image_errors: list[str | None] = Field(description="One slot per input URL; why the image failed, else null.")
+    image_cache: list[CacheKind | None] = Field(
+        description="One slot per input URL: how its output was reused without compressing again (`revalidated`: "
+        "the host answered 304; `same_bytes`: these bytes were compressed before), null when it was compressed "
+        "for this request, failed or is pending."
+    )
     pending: int = Field(ge=0, description="Images of this product not settled yet.")
 
 

@@ -107,6 +107,12 @@ class Settings(BaseSettings):
         description="on: JPEGs are re-quantised in the DCT domain instead of decoded to pixels "
         "(docs/jpeg-fast-path.md); off: every image through Pillow",
     )
+    cache: bool = Field(
+        default=True,
+        description="on: outputs are stored under a key of the source bytes and every setting that changes them, "
+        "and reused; known URLs are revalidated with If-None-Match / If-Modified-Since (docs/cache.md); off: every "
+        "image is downloaded and compressed again and stored under its request",
+    )
     compressor_prefetch: int = Field(default=8, ge=1, description="image tasks in flight per compressor process")
     compressor_workers: int = Field(default=1, ge=1, description="codec threads per compressor process")
     image_max_attempts: int = Field(
@@ -134,7 +140,9 @@ class Settings(BaseSettings):
         default=None,
         ge=1,
         description="delete finished requests (records and stored objects) this many days after they finished "
-        "(docs/retention.md); unset keeps everything",
+        "(docs/retention.md), and shared cache objects no result points to once they went unused as long; compressors "
+        "reuse a shared object only while it is younger than half of it, so give every service the same value "
+        "(docs/cache.md); unset keeps everything",
     )
 
     # --- webhooks ---------------------------------------------------------------------------------------

@@ -20,12 +20,14 @@ from bson import ObjectId
 
 from services.aggregator.retention import cutoff_hour_filter, expired_hours_filter
 from services.aggregator.sweeper import OPEN_REQUESTS, OUTBOX_PENDING
+from shared.cache import shared_object_key, url_record_id
 from shared.database import Database, product_id, result_id
 from shared.settings import Settings
 from shared.timeutil import hour_key, hour_keys, utcnow
 
 REQUEST = str(uuid.uuid4())
 NOW = utcnow()
+SHARED = shared_object_key("a" * 64, "jpg")
 
 # what the services ask: (label, collection, filter, the index that must serve it or None for "any index")
 QUERIES: list[tuple[str, str, dict[str, Any], str | None]] = [
@@ -48,6 +50,15 @@ QUERIES: list[tuple[str, str, dict[str, Any], str | None]] = [
         "finished_hour",
     ),
     ("cutoff hour", "requests", cutoff_hour_filter(NOW), "finished_hour"),
+    # the output cache (docs/cache.md): the fan-out's URL records, retention's reference check and expired records
+    ("URL records of a batch", "url_validators", {"_id": {"$in": [url_record_id(f"{i}") for i in range(500)]}}, "_id_"),
+    ("results pointing to a shared object", "results", {"cache_object": SHARED}, "cache_object"),
+    (
+        "URL records stored in expired hours",
+        "url_validators",
+        {"stored_hour": {"$in": hour_keys(hour_key(NOW - timedelta(days=40)), hour_key(NOW))}},
+        "stored_hour",
+    ),
 ]
 
 
@@ -61,7 +72,7 @@ async def database() -> AsyncIterator[Any]:
         await db.close()
         pytest.skip("the plans checked here are FerretDB's (SQLite) plans; MongoDB explains differently")
     await db.connect()
-    for name in ("progress", "webhooks", "idempotency_keys", "retention_state"):  # created by first use
+    for name in ("progress", "webhooks", "idempotency_keys", "retention_state", "cache_candidates"):  # by first use
         await db.db.create_collection(name)
     try:
         yield db.db

@@ -95,6 +95,8 @@ class Finisher:
             output_csv_url=output_url,
             images_done=summary.images_done,
             images_failed=summary.images_failed,
+            images_cached=summary.images_cached,
+            images_revalidated=summary.images_revalidated,
             bytes_in=bytes_in,
             bytes_out=bytes_out,
         )
@@ -108,6 +110,7 @@ class Finisher:
             status=status.value,
             images_done=summary.images_done,
             images_failed=summary.images_failed,
+            images_cached=summary.images_cached,
             output_bytes=size,
         )
         await publish_outbox(self.db, self.broker, request_id)

@@ -9,10 +9,11 @@ import aiohttp
 
 from services.compressor.download import DownloadLimits
 from services.compressor.frame_budget import set_pillow_backstop
+from services.compressor.output_cache import OutputCache
 from services.compressor.worker import CompressorWorker
 from shared.broker import Broker
 from shared.logging import configure_logging
-from shared.messages import ImageTask, Queue
+from shared.messages import ImageBatch, ImageTask, Queue
 from shared.runtime import install_stop_signals, start_health_server
 from shared.settings import get_settings
 from shared.storage import Storage
@@ -31,9 +32,15 @@ async def run() -> None:
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout, sock_read=settings.read_timeout)
     connector = guarded_connector(settings.allow_private_urls, limit=64)
     executor = ThreadPoolExecutor(max_workers=settings.compressor_workers, thread_name_prefix="codec")
-    async with aiohttp.ClientSession(
-        timeout=timeout, connector=connector, headers={"User-Agent": "pixpress/0.1"}
-    ) as session:
+    async with (
+        aiohttp.ClientSession(timeout=timeout, connector=connector, headers={"User-Agent": "pixpress/0.1"}) as session,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as storage_http,
+    ):
+        cache = (
+            OutputCache(storage, storage_http, settings.jpeg_quality, settings.jpeg_fast_path, settings.retention_days)
+            if settings.cache
+            else None
+        )
         worker = CompressorWorker(
             broker=broker,
             storage=storage,
@@ -51,6 +58,8 @@ async def run() -> None:
             max_attempts=settings.image_max_attempts,
             retry_base_ms=settings.retry_base_delay_ms,
             jpeg_fast_path=settings.jpeg_fast_path,
+            cache=cache,
+            batch_concurrency=settings.compressor_prefetch,
         )
 
         async def check() -> dict[str, bool]:
@@ -59,11 +68,14 @@ async def run() -> None:
         health = await start_health_server(check, settings.health_host, settings.health_port)
         await broker.consume(Queue.IMAGES, ImageTask, worker.handle, settings.compressor_prefetch)
         await broker.consume(Queue.IMAGES_SUSPECT, ImageTask, worker.handle_suspect, prefetch=1)
+        await broker.consume(Queue.IMAGES_BATCH, ImageBatch, worker.handle_batch, prefetch=2)
         log.info(
             "compressor_started",
             prefetch=settings.compressor_prefetch,
             codec_threads=settings.compressor_workers,
             jpeg_fast_path=settings.jpeg_fast_path,
+            cache=settings.cache,
+            cache_policy=cache.fingerprint if cache is not None else None,
         )
         await stop.wait()
         log.info("compressor_stopping")

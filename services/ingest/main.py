@@ -43,7 +43,7 @@ async def run() -> None:
     # the fan-out re-reads files that passed validation; the compressor guards every URL again when it fetches,
     # so a file accepted before PIXPRESS_ALLOW_PRIVATE_URLS changed still fans out (its images then fail)
     limits = Limits(settings.max_rows, settings.max_urls_per_row, settings.max_url_length, allow_private_urls=True)
-    fanout = FanOut(db, storage, broker, limits, settings.fanout_batch)
+    fanout = FanOut(db, storage, broker, limits, settings.fanout_batch, cache=settings.cache)
     await broker.consume(Queue.FANOUT, RequestAccepted, fanout.handle, prefetch=1)
     log.info("ingest_started", host=settings.api_host, port=settings.api_port)
     await stop.wait()

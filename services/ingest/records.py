@@ -16,6 +16,7 @@ from shared.api_models import (
     WebhookView,
     webhook_id,
 )
+from shared.cache import CacheKind
 from shared.database import product_id
 from shared.lifecycle import is_open, progress_of
 from shared.messages import RequestStatus
@@ -75,7 +76,7 @@ def product_document(request_id: str, row: ProductRow) -> dict[str, Any]:
 
 
 def _counts(live: dict[str, Any]) -> dict[str, Any]:
-    keys = ("images_done", "images_failed", "bytes_in", "bytes_out")
+    keys = ("images_done", "images_failed", "bytes_in", "bytes_out", "images_cached", "images_revalidated")
     return {key: live.get(key, 0) for key in keys}
 
 
@@ -129,12 +130,14 @@ def product_view(document: dict[str, Any], results: list[dict[str, Any]]) -> Pro
     count = len(document["input_image_urls"])
     outputs: list[str | None] = [None] * count
     errors: list[str | None] = [None] * count
+    cache: list[CacheKind | None] = [None] * count
     settled = 0
     for result in results:
         index = result["index"]
         if 0 <= index < count:
             outputs[index] = result.get("output_url")
             errors[index] = result.get("error")
+            cache[index] = CacheKind(result["cache"]) if result.get("cached") else None
             settled += 1
     return ProductView(
         row=document["row"],
@@ -144,5 +147,6 @@ def product_view(document: dict[str, Any], results: list[dict[str, Any]]) -> Pro
         input_image_urls=document["input_image_urls"],
         output_image_urls=outputs,
         image_errors=errors,
+        image_cache=cache,
         pending=count - settled,
     )
