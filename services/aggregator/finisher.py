@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from services.aggregator.output_csv import join_results, write_output_csv
+from shared import metrics
 from shared.broker import Broker
 from shared.database import Database, finished_fields
 from shared.locks import KeyedLocks
@@ -111,6 +112,7 @@ class Finisher:
             log.info("finish_lost_race")
             return
         await self.db.progress.delete_one({"_id": request_id})  # the exact counts now live in the request
+        metrics.request_finished(status.value, request["created_at"], now)
         log.info(
             "request_finished",
             status=status.value,

@@ -20,6 +20,7 @@ from pymongo.errors import BulkWriteError
 
 from services.aggregator.batcher import Batcher
 from services.aggregator.finisher import Finisher
+from shared import metrics
 from shared.database import Database, result_id
 from shared.messages import ImageResult
 from shared.timeutil import utcnow
@@ -71,6 +72,7 @@ class ResultTracker:
                 raise
             duplicates = {error["index"] for error in errors}
         fresh = [r for i, r in enumerate(batch) if i not in duplicates]
+        metrics.results_recorded(ok=sum(r.ok for r in fresh), failed=sum(not r.ok for r in fresh))
         if duplicates:
             log.info("result_duplicates", request_id=request_id, count=len(duplicates))
         total = await self._images_total(request_id)

@@ -13,6 +13,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from services.compressor.compress import Compressed, ImageRejected, compress
 from services.compressor.download import DownloadError, DownloadLimits, download
+from shared import metrics
 from shared.broker import DELIVERY_LIMIT, Broker, delivery_count
 from shared.messages import ImageResult, ImageTask, RoutingKey
 from shared.reasons import short_reason
@@ -59,6 +60,7 @@ class CompressorWorker:
         if deliveries >= 1:
             log.warning("image_quarantined", deliveries=deliveries)
             await self.broker.publish(RoutingKey.IMAGE_SUSPECT, task)
+            metrics.IMAGES_QUARANTINED.inc()
             return
         await self._process(task)
 
@@ -79,13 +81,14 @@ class CompressorWorker:
 
     async def _process(self, task: ImageTask) -> None:
         try:
-            data = await download(self.session, task.url, self.limits)
+            data = await metrics.timed("download", download(self.session, task.url, self.limits))
         except DownloadError as exc:
             if exc.transient and task.attempt < self.max_attempts:
                 delay = retry_delay_ms(self.retry_base_ms, task.attempt)
                 log.info("image_retry_scheduled", reason=exc.reason, delay_ms=delay)
                 retry = task.model_copy(update={"attempt": task.attempt + 1})
                 await self.broker.publish_delayed(RoutingKey.IMAGE_TODO, retry, delay)
+                metrics.IMAGE_RETRIES.inc()
                 return
             suffix = f" (after {task.attempt} attempts)" if exc.transient else ""
             await self._fail(task, f"download failed: {exc.reason}{suffix}", 0)
@@ -107,8 +110,8 @@ class CompressorWorker:
             await self._fail(task, str(exc), 0)
             return
         key = output_key(task, result.extension)
-        await self.storage.put_bytes(key, result.data, result.content_type)
-        await self.broker.publish(
+        await metrics.timed("store", self.storage.put_bytes(key, result.data, result.content_type))
+        await metrics.timed("publish", self.broker.publish(
             RoutingKey.IMAGE_DONE,
             ImageResult(
                 request_id=task.request_id,
@@ -121,13 +124,15 @@ class CompressorWorker:
                 bytes_out=len(result.data),
                 codec=result.codec,
             ),
-        )
+        ))
+        metrics.image_ok(len(data), len(result.data), result.codec)
         log.info("image_done", bytes_in=len(data), bytes_out=len(result.data), format=result.format, codec=result.codec)
 
     async def _fail(self, task: ImageTask, reason: str, bytes_in: int) -> None:
+        failure = metrics.failure_reason(reason)  # from the whole text: shortening may cut what tells it apart
         reason = short_reason(reason)  # it may quote a remote server or the file: one printable line, no markup
-        log.info("image_failed", reason=reason)
-        await self.broker.publish(
+        log.info("image_failed", reason=reason, failure=failure)
+        await metrics.timed("publish", self.broker.publish(
             RoutingKey.IMAGE_DONE,
             ImageResult(
                 request_id=task.request_id,
@@ -138,10 +143,12 @@ class CompressorWorker:
                 error=reason,
                 bytes_in=bytes_in,
             ),
-        )
+        ))
+        metrics.image_failed(failure)
 
 
 def _compress_job(data: bytes, quality: int, max_pixels: int, max_frames: int, jpeg_fast_path: bool) -> Compressed:
-    return compress(
-        data, quality=quality, max_pixels=max_pixels, max_frames=max_frames, jpeg_fast_path=jpeg_fast_path
-    )
+    with metrics.stage_timer("decode_encode"):  # here, in the codec thread: not the wait for a free thread
+        return compress(
+            data, quality=quality, max_pixels=max_pixels, max_frames=max_frames, jpeg_fast_path=jpeg_fast_path
+        )

@@ -15,11 +15,13 @@ from services.ingest.problems import Handler, problem, problem_error, problem_mi
 from services.ingest.records import product_view, status_view, webhook_view
 from services.ingest.upload import UploadHandler
 from shared.database import Database, find_by_ids, product_id, result_id
+from shared.metrics import count_uploads
 from shared.runtime import HealthCheck, health_routes
 from shared.settings import Settings
 
-# the documents describe every route and limit, so they need the key too; only the health probe is open
-_OPEN_PATHS = frozenset({"/healthz"})
+# the documents describe every route and limit, so they need the key too; only the health probe and the metrics
+# (which Prometheus scrapes without headers) are open
+_OPEN_PATHS = frozenset({"/healthz", "/metrics"})
 _DOCS_HINT = (
     "a valid X-API-Key header is required; a browser cannot send one by itself: "
     f"curl -H 'X-API-Key: ...' <server>{DOCS_PATH} > pixpress-docs.html, then open the file"
@@ -146,7 +148,8 @@ def docs_routes(settings: Settings) -> list[web.RouteDef]:
 
 def build_app(settings: Settings, db: Database, upload: UploadHandler, check: HealthCheck) -> web.Application:
     app = web.Application(
-        middlewares=[problem_middleware, api_key_middleware(settings)], client_max_size=settings.max_csv_bytes + 65536
+        middlewares=[count_uploads, problem_middleware, api_key_middleware(settings)],
+        client_max_size=settings.max_csv_bytes + 65536,
     )
     views = ReadViews(db)
     app.add_routes(

@@ -20,6 +20,7 @@ from pymongo.errors import BulkWriteError
 
 from services.ingest.csv_parser import CsvReader, Limits, ProductRow, RowProblem
 from services.ingest.records import product_document, utcnow
+from shared import metrics
 from shared.broker import Broker
 from shared.database import Database, finished_fields, product_id
 from shared.messages import ImageTask, Progress, RequestAccepted, RequestFinished, RequestStatus, RoutingKey
@@ -168,6 +169,7 @@ class FanOut:
         )
         log.error("fanout_failed", reason=reason)
         if result.modified_count:
+            metrics.request_finished(RequestStatus.FAILED.value, request["created_at"], now)
             await self.broker.publish(
                 RoutingKey.REQUEST_FINISHED,
                 RequestFinished(

@@ -522,6 +522,24 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                 "security": [],
             }
         },
+        "/metrics": {
+            "get": {
+                **_get(
+                    "metrics",
+                    "operations",
+                    "Prometheus metrics of this process",
+                    "Counters, histograms and process metrics in the Prometheus text format (docs/observability.md). "
+                    "Never needs an API key, like `/healthz`: keep it off the public side of your proxy.",
+                    {
+                        "200": {
+                            "description": "Prometheus text format.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                ),
+                "security": [],
+            }
+        },
         OPENAPI_PATH: {
             "get": {
                 **_get(

@@ -13,6 +13,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from services.notifier.delivery import post_webhook
+from shared import metrics
 from shared.broker import Broker, PoisonMessage
 from shared.database import Database
 from shared.locks import KeyedLocks
@@ -68,6 +69,7 @@ class Notifier:
             {"$push": {"attempts": attempt.as_document()}, "$set": {"state": state}},
             upsert=True,
         )
+        metrics.webhook_attempted(state)
         log.info(
             "webhook_attempt",
             attempt=event.attempt,
