@@ -7,12 +7,13 @@
 #   scripts/stack.sh ps        one line "<name> <pid>" per running process
 #   scripts/stack.sh status    supervisor's view plus one health probe per program
 #   scripts/stack.sh logs [-n N] [--no-follow] [name...]   tail the program logs (all by default)
+#   scripts/stack.sh logs --request ID [--follow]   one request's lines from every service, in time order
 #   scripts/stack.sh restart [name...]   restart programs (default: the Python services) and wait until healthy
 #   scripts/stack.sh clean     down, then delete the state directory (queues, database, objects, logs)
 #
-# Ports: API 5000 (PIXPRESS_API_PORT), RabbitMQ 5672 + management UI 15672 (guest/guest, loopback only),
-# FerretDB 27017 (debug 8089), MinIO 9000 (console 9001), health: aggregator 8101, notifier 8102,
-# compressor-N 8110+N.
+# Ports: API 5000 (PIXPRESS_API_PORT), RabbitMQ 5672 + management UI 15672 (guest/guest, loopback only)
+# + Prometheus metrics 15692, FerretDB 27017 (debug 8089), MinIO 9000 (console 9001), health and /metrics:
+# aggregator 8101, notifier 8102, compressor-N 8110+N (ingest: on the API port).
 #
 # Environment:
 #   PIXPRESS_*                 every other PIXPRESS_ variable is handed to the services. `up` stores them in
@@ -93,7 +94,8 @@ probes_for() {
     local name api_port
     for name; do
         case $name in
-        rabbitmq) printf '%s\n' rabbitmq=tcp://127.0.0.1:5672 rabbitmq=http://guest:guest@127.0.0.1:15672/api/overview ;;
+        rabbitmq) printf '%s\n' rabbitmq=tcp://127.0.0.1:5672 rabbitmq=http://guest:guest@127.0.0.1:15672/api/overview \
+            rabbitmq=http://127.0.0.1:15692/metrics ;;
         ferretdb) printf '%s\n' ferretdb=tcp://127.0.0.1:27017 ;;
         minio) printf '%s\n' minio=http://127.0.0.1:9000/minio/health/live ;;
         ingest)
@@ -178,6 +180,8 @@ rabbitmq_conf() {
 listeners.tcp.default = 127.0.0.1:5672
 management.tcp.ip = 127.0.0.1
 management.tcp.port = 15672
+prometheus.tcp.ip = 127.0.0.1
+prometheus.tcp.port = 15692
 loopback_users.guest = true
 log.console = true
 log.console.level = info
@@ -263,7 +267,8 @@ EOF
     printf 'environment=GOGC="400",GOMEMLIMIT="1GiB"\n'
     PROGRAM_DIR=$STATE program minio 20 true 2 3 "$SELF" _run --minio -- "$MINIO_BIN" server "$STATE/minio" \
         --address 127.0.0.1:9000 --console-address 127.0.0.1:9001
-    printf 'environment=MINIO_BROWSER="off",MINIO_UPDATE="off"\n'
+    # metrics without a bearer token (MinIO listens on 127.0.0.1 only here): docs/observability.md
+    printf 'environment=MINIO_BROWSER="off",MINIO_UPDATE="off",MINIO_PROMETHEUS_AUTH_TYPE="public"\n'
 
     # The Python services start once the servers are healthy (autostart=false; `up` starts them), and stop first.
     while IFS= read -r name; do
@@ -353,7 +358,7 @@ cmd_up() {
         "$STATE/minio"
     touch "$STATE/.pixpress-state"
     write_if_changed "$STATE/rabbitmq/rabbitmq.conf" "$(rabbitmq_conf)" || true
-    write_if_changed "$STATE/rabbitmq/enabled_plugins" "[rabbitmq_management]." || true
+    write_if_changed "$STATE/rabbitmq/enabled_plugins" "[rabbitmq_management,rabbitmq_prometheus]." || true
     write_if_changed "$STATE/rabbitmq/rabbitmq-env.conf" "# empty on purpose: /etc/rabbitmq/rabbitmq-env.conf is not used" ||
         true
 
@@ -469,6 +474,7 @@ cmd_logs() {
         case $1 in
         -n) n=$2; shift 2 ;;
         --no-follow) follow=(); shift ;;
+        --request) shift; exec "$VENV/bin/python" "$REPO/scripts/request_log.py" --logs "$LOGS" "$@" ;;
         *) files+=("$LOGS/$1.log"); shift ;;
         esac
     done
