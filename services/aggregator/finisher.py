@@ -109,12 +109,13 @@ class Finisher:
             },
         )
         if won.modified_count == 0:
-            log.info("finish_lost_race")
+            log.info("finish_lost_race", request_id=request_id)
             return
         await self.db.progress.delete_one({"_id": request_id})  # the exact counts now live in the request
         metrics.request_finished(status.value, request["created_at"], now)
         log.info(
             "request_finished",
+            request_id=request_id,  # explicit: the sweeper and a batch of several requests call this too
             status=status.value,
             images_done=summary.images_done,
             images_failed=summary.images_failed,

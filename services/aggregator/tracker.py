@@ -52,13 +52,18 @@ class ResultTracker:
         self.batcher: Batcher[ImageResult] = Batcher(self._flush, batch_size, batch_delay)
 
     async def handle(self, result: ImageResult, _message: AbstractIncomingMessage) -> None:
+        structlog.contextvars.bind_contextvars(row=result.row, index=result.index)
         await self.batcher.submit(result)
 
     async def _flush(self, results: list[ImageResult]) -> None:
+        """Runs in a task of its own whose log context is a copy of one submitter's (its request, row and
+        index), so each request's lines are bound to that request here, and to no one image."""
         by_request: dict[str, list[ImageResult]] = defaultdict(list)
         for result in results:
             by_request[result.request_id].append(result)
+        structlog.contextvars.unbind_contextvars("row", "index")
         for request_id, batch in by_request.items():
+            structlog.contextvars.bind_contextvars(request_id=request_id)
             async with self.finisher.locks.hold(request_id):
                 await self._record(request_id, batch)
 
