@@ -197,7 +197,9 @@ def metrics_routes(registry: CollectorRegistry = REGISTRY) -> list[web.RouteDef]
 
 
 @web.middleware
-async def count_uploads(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+async def count_uploads(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     """Counts the answers to ``POST /upload``; outermost, so it sees what the client gets (problem+json included)."""
     if request.method != "POST" or request.path != "/upload":
         return await handler(request)
