@@ -4,7 +4,7 @@
 # Build: docker build -t pixpress:0.1.0 .
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# --- build stage: install the package and its runtime dependencies (no test extras) into a venv ----------
+# --- build stage: the package and its runtime dependencies only (no extras), at the versions constraints.txt pins
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -16,7 +16,7 @@ RUN apt-get update \
 RUN python -m venv /opt/pixpress
 WORKDIR /src
 COPY . .
-RUN /opt/pixpress/bin/pip install --no-cache-dir .
+RUN /opt/pixpress/bin/pip install --no-cache-dir -c constraints.txt .
 
 # --- runtime stage: only the venv, run as an unprivileged numeric user (Kubernetes runAsNonRoot can verify it)
 FROM ${PYTHON_IMAGE}

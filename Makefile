@@ -35,7 +35,7 @@ test: export PIXPRESS_MAX_CSV_BYTES ?= 16777216
 # The demo and the benchmark serve their images from 127.0.0.1.
 demo bench: export PIXPRESS_ALLOW_PRIVATE_URLS ?= true
 
-.PHONY: help install up down ps status logs restart test lint demo bench clean
+.PHONY: help install up down ps status logs restart test test-fast lint lock docs demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 10
@@ -66,9 +66,20 @@ test: ## the whole suite against the running stack (started here with the test s
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
-lint: ## ruff, plus shellcheck when it is installed
+test-fast: ## only the tests that need no server (pytest -m pure): seconds, nothing started
+	$(VENV)/bin/pytest -q -m pure $(PYTEST_ARGS)
+
+lint: ## ruff, mypy (configured in pyproject.toml), plus shellcheck when it is installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	@if command -v shellcheck >/dev/null; then shellcheck -x scripts/*.sh .ci/run; else echo "shellcheck not installed, skipped"; fi
+
+lock: ## after a dependency change in pyproject.toml: pin every version again in constraints.txt (needs PyPI)
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+		--custom-compile-command "make lock" -o constraints.txt
+
+docs: ## regenerate docs/configuration.md from shared/settings.py
+	$(PY) -m scripts.gen_config_docs
 
 demo: ## start the stack and process the bundled sample CSV
 	@$(STACK) up

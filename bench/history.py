@@ -55,13 +55,14 @@ from pymongo import AsyncMongoClient
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.throughput import STATE, PhotoHost, Pipeline, photos, process_tree_cpu, supervised_pid  # noqa: E402
+from bench.throughput import PhotoHost, Pipeline, photos, process_tree_cpu, supervised_pid  # noqa: E402
 from services.aggregator.tracker import result_document  # noqa: E402
 from services.ingest.csv_parser import ProductRow  # noqa: E402
 from services.ingest.records import new_request_document, product_document  # noqa: E402
 from shared.database import finished_fields, product_id  # noqa: E402
 from shared.messages import ImageResult, RequestStatus  # noqa: E402
 from shared.timeutil import utcnow  # noqa: E402
+from testkit.stack import STATE  # noqa: E402
 
 ROWS_PER_REQUEST = 80
 REQUESTS_PER_BATCH = 25  # 2,000 products and 2,000 results per insert_many

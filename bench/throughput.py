@@ -57,6 +57,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -67,11 +68,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from services.compressor.compress import compress  # noqa: E402
-from tests.support.photos import DATA_DIR, PHOTOS  # noqa: E402
-from tests.support.stack import MANAGEMENT, MANAGEMENT_HEADERS, create_vhost, delete_vhost, service_env  # noqa: E402
+from testkit.photos import DATA_DIR, PHOTOS  # noqa: E402
+from testkit.stack import (  # noqa: E402
+    MANAGEMENT,
+    MANAGEMENT_HEADERS,
+    STATE,
+    create_vhost,
+    delete_vhost,
+    service_env,
+)
 
 OUT = REPO / "bench" / "out"
-STATE = Path(os.environ.get("PIXPRESS_STATE_DIR", REPO / ".run"))
 VENV = REPO / ".venv"
 VHOST = "pixpress-throughput"
 DATABASE = "pixpress_throughput"
@@ -224,8 +231,9 @@ def report_codec_cpu(bodies: list[bytes], runs: int) -> list[float]:
     return pillow_ms
 
 
-def _pin(cores: set[int]) -> None:
-    os.sched_setaffinity(0, cores)
+def _pin(cores: set[int] | None) -> None:
+    if cores:
+        os.sched_setaffinity(0, cores)
 
 
 def thread_floor(
@@ -238,8 +246,7 @@ def thread_floor(
     one (~6,600 page faults per 2400x1600 photo against ~140 in a thread), which costs ~40 % more CPU."""
     parts = processes * threads
     shares = [bodies[i::parts] for i in range(parts)]
-    pinned = {"initializer": _pin, "initargs": (cores,)} if cores else {}
-    with ProcessPoolExecutor(processes, mp_context=FRESH, **pinned) as pool:
+    with ProcessPoolExecutor(processes, mp_context=FRESH, initializer=_pin, initargs=(cores,)) as pool:
         futures = [pool.submit(_codec_threads, shares[p * threads : (p + 1) * threads], fast) for p in range(processes)]
         seconds = max(future.result() for future in futures)
     return len(bodies) / seconds
@@ -397,7 +404,7 @@ class Pipeline:
         from minio.deleteobjects import DeleteObject
         from pymongo import MongoClient
 
-        client = MongoClient(self.connection.get("PIXPRESS_MONGO_URL", "mongodb://127.0.0.1:27017/"))
+        client: MongoClient = MongoClient(self.connection.get("PIXPRESS_MONGO_URL", "mongodb://127.0.0.1:27017/"))
         try:
             client.drop_database(self.database)
         finally:
@@ -577,6 +584,7 @@ async def one_request(
     upload_ms = (time.perf_counter() - started) * 1000
     request_id = body["request_id"]
     settled = 0.0
+    status: dict[str, Any]
     while True:
         try:
             async with http.get(f"{api}/status/{request_id}") as answer:
@@ -753,7 +761,7 @@ def main() -> None:
         with split:
             per_core(args, split, compressor_env)
         return
-    configs = [tuple(int(n) for n in c.split("x")) for c in args.configs.split(",")]
+    configs = [(int(procs), int(threads)) for procs, threads in (c.split("x") for c in args.configs.split(","))]
 
     bodies = photos(args.images)
     mib = sum(map(len, bodies)) / 2**20

@@ -58,7 +58,7 @@ from minio.deleteobjects import DeleteObject
 from pymongo import AsyncMongoClient
 
 from shared.settings import Settings
-from tests.support.stack import create_vhost, delete_vhost
+from testkit.stack import create_vhost, delete_vhost
 
 REPO = Path(__file__).resolve().parent.parent
 VHOST = "pixpress-bench"

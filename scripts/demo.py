@@ -12,14 +12,14 @@ import sys
 from pathlib import Path
 
 import aiohttp
-import skimage
 from aiohttp import web
 from tqdm import tqdm
+
+from testkit.photos import DATA_DIR as PHOTO_DIR
 
 API = os.environ.get("PIXPRESS_DEMO_API", "http://127.0.0.1:5000")
 PHOTO_PORT = 8765
 SAMPLE = Path(__file__).resolve().parent.parent / "demo" / "sample.csv"
-PHOTO_DIR = Path(skimage.__file__).parent / "data"
 
 
 async def serve_photos() -> web.AppRunner:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the native stack needs and is missing; does nothing (in about a second) when all is present.
-#   - .venv with `pip install -e '.[test]'` (again whenever pyproject.toml, setup.py or the C extension's source is newer
-#     than the venv's stamp: the extension is compiled in place)
+#   - .venv with `pip install -c constraints.txt -e '.[dev]'`: the services, the native stack's supervisor, the tests,
+#     the benchmarks' and `make lint`'s tools, at the versions constraints.txt pins (again whenever pyproject.toml,
+#     constraints.txt, setup.py or the C extension's source is newer than the venv's stamp: the extension is
+#     compiled in place)
 #   - rabbitmq-server from Debian packages (its own service is stopped: the stack runs its own node)
 #   - FerretDB (with scripts/ferretdb/pixpress.patch) and MinIO built with Go, side by side, cached outside the repo
 #     as <cache>/bin/<name>-<version>[-pixpress-<patch hash>] (scripts/versions.sh)
@@ -103,16 +105,17 @@ fi
 
 # --- Python venv ------------------------------------------------------------------------------------------------
 if [ ! -x "$VENV/bin/python" ] || [ ! -e "$STAMP" ] || [ "$REPO/pyproject.toml" -nt "$STAMP" ] ||
-    [ "$REPO/setup.py" -nt "$STAMP" ] || [ "$REPO/services/compressor/_jpegdct.c" -nt "$STAMP" ] ||
+    [ "$REPO/constraints.txt" -nt "$STAMP" ] || [ "$REPO/setup.py" -nt "$STAMP" ] || [ "$REPO/services/compressor/_jpegdct.c" -nt "$STAMP" ] ||
     ! compgen -G "$REPO/services/compressor/_jpegdct*.so" >/dev/null; then
     t=$(now)
     if [ ! -x "$VENV/bin/python" ]; then
         say "creating .venv"
         python3 -m venv "$VENV"
     fi
-    say "pip install -e '.[test]' ..."
+    say "pip install -c constraints.txt -e '.[dev]' ..."
     mkdir -p "$CACHE/logs"
-    "$VENV/bin/python" -m pip install --disable-pip-version-check -e "${REPO}[test]" >"$CACHE/logs/pip.log" 2>&1 &
+    "$VENV/bin/python" -m pip install --disable-pip-version-check -c "$REPO/constraints.txt" -e "${REPO}[dev]" \
+        >"$CACHE/logs/pip.log" 2>&1 &
     wait_ticking "$t" "pip=$!"
     if ! wait $!; then
         tail -n 30 "$CACHE/logs/pip.log" >&2

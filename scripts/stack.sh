@@ -11,9 +11,9 @@
 #   scripts/stack.sh restart [name...]   restart programs (default: the Python services) and wait until healthy
 #   scripts/stack.sh clean     down, then delete the state directory (queues, database, objects, logs)
 #
-# Ports: API 5000 (PIXPRESS_API_PORT), RabbitMQ 5672 + management UI 15672 (guest/guest, loopback only)
-# + Prometheus metrics 15692, FerretDB 27017 (debug 8089), MinIO 9000 (console 9001), health and /metrics:
-# aggregator 8101, notifier 8102, compressor-N 8110+N (ingest: on the API port).
+# Program names and ports: scripts/stack.env (API 5000, RabbitMQ 5672 + management UI 15672 + Prometheus metrics
+# 15692, FerretDB 27017, MinIO 9000, workers' health and /metrics 8101, 8102, 8110+N; ingest's /metrics is on the
+# API port), which tests/ and bench/ read too.
 #
 # Environment:
 #   PIXPRESS_*                 every other PIXPRESS_ variable is handed to the services. `up` stores them in
@@ -34,6 +34,8 @@ CACHE=${PIXPRESS_CACHE_DIR:-${HOME:-/root}/.cache/pixpress}
 VENV=$REPO/.venv
 # shellcheck source=scripts/versions.sh
 . "$REPO/scripts/versions.sh"
+# shellcheck source=scripts/stack.env
+. "$REPO/scripts/stack.env"
 FERRETDB_BIN=$CACHE/bin/$FERRETDB_BINARY
 MINIO_BIN=$CACHE/bin/$MINIO_BINARY
 
@@ -44,7 +46,7 @@ LOGS=$STATE/logs
 SERVICE_ENV=$STATE/service.env
 MARKER=PXSTACK_STATE_DIR # set in supervisord's environment, so every process of this stack carries it
 
-INFRA=(rabbitmq ferretdb minio)
+read -ra INFRA <<<"$SERVERS"
 
 say() { printf '%s: %s\n' "${CMD:-stack}" "$*"; }
 die() { printf '%s: ERROR: %s\n' "${CMD:-stack}" "$*" >&2; exit 1; }
@@ -54,10 +56,20 @@ die() { printf '%s: ERROR: %s\n' "${CMD:-stack}" "$*" >&2; exit 1; }
 # The Python services supervisord runs (compressor-1..N from PIXPRESS_COMPRESSORS, default: one per core).
 service_names() {
     [ "${PIXPRESS_STACK_ONLY_INFRA:-0}" = 1 ] && return 0
-    local n=${PIXPRESS_COMPRESSORS:-$(nproc)} i
+    local n=${PIXPRESS_COMPRESSORS:-$(nproc)} i words
     [[ $n =~ ^[0-9]+$ ]] || die "PIXPRESS_COMPRESSORS must be a number, got '$n'"
-    printf '%s\n' ingest aggregator notifier
+    read -ra words <<<"$SERVICES"
+    printf '%s\n' "${words[@]}"
     for ((i = 1; i <= n; i++)); do printf 'compressor-%d\n' "$i"; done
+}
+
+# The port of a worker's /healthz (scripts/stack.env).
+health_port() {
+    case $1 in
+    aggregator) printf '%s\n' "$AGGREGATOR_HEALTH_PORT" ;;
+    notifier) printf '%s\n' "$NOTIFIER_HEALTH_PORT" ;;
+    compressor-*) printf '%s\n' "$((COMPRESSOR_HEALTH_PORT_BASE + ${1#compressor-}))" ;;
+    esac
 }
 
 # supervisorctl's name for a program.
@@ -81,41 +93,13 @@ supervisord_pid() {
     printf '%s\n' "$pid"
 }
 
-# "<name> <STATE> <pid>" per program, from supervisord.
-sv_states() {
-    sv status 2>/dev/null | awk '{
-        name = $1; sub(/^[^:]*:/, "", name); pid = "-"
-        for (i = 3; i < NF; i++) if ($i == "pid") { pid = $(i + 1); sub(/,$/, "", pid) }
-        print name, $2, pid }' || true
-}
+# supervisord's XML-RPC API and the health probes (scripts/stackctl.py): ps, names, start, wait, health.
+ctl() { "$VENV/bin/python" "$REPO/scripts/stackctl.py" --state "$STATE" --prefix "${CMD:-stack}" "$@"; }
 
-# Health probes (see scripts/healthcheck.py) as NAME=PROBE words.
-probes_for() {
-    local name api_port
-    for name; do
-        case $name in
-        rabbitmq) printf '%s\n' rabbitmq=tcp://127.0.0.1:5672 rabbitmq=http://guest:guest@127.0.0.1:15672/api/overview \
-            rabbitmq=http://127.0.0.1:15692/metrics ;;
-        ferretdb) printf '%s\n' ferretdb=tcp://127.0.0.1:27017 ;;
-        minio) printf '%s\n' minio=http://127.0.0.1:9000/minio/health/live ;;
-        ingest)
-            # shellcheck disable=SC1090
-            api_port=$(if [ -r "$SERVICE_ENV" ]; then . "$SERVICE_ENV"; fi; printf '%s' "${PIXPRESS_API_PORT:-5000}")
-            printf 'ingest=http://127.0.0.1:%s/healthz\n' "$api_port" ;;
-        aggregator) printf '%s\n' aggregator=http://127.0.0.1:8101/healthz ;;
-        notifier) printf '%s\n' notifier=http://127.0.0.1:8102/healthz ;;
-        compressor-*) printf '%s=http://127.0.0.1:%d/healthz\n' "$name" "$((8110 + ${name#compressor-}))" ;;
-        esac
-    done
-}
-
-health_pass() { "$VENV/bin/python" "$REPO/scripts/healthcheck.py" "$@"; }
-
-log_tail() {
-    local name=$1 f=$LOGS/$1.log
-    [ -s "$f" ] || { printf '   (no output in %s)\n' "$f" >&2; return 0; }
-    printf -- '--- last lines of %s ---\n' "$f" >&2
-    tail -n "${2:-25}" "$f" | cut -c1-400 >&2
+# The ingest API's port: PIXPRESS_API_PORT as the services got it, else scripts/stack.env's.
+api_port() {
+    # shellcheck disable=SC1090
+    (if [ -r "$SERVICE_ENV" ]; then . "$SERVICE_ENV"; fi; printf '%s\n' "${PIXPRESS_API_PORT:-$API_PORT}")
 }
 
 # Processes carrying this stack's marker: whatever survived its supervisord (e.g. after a kill -9 of supervisord).
@@ -175,14 +159,14 @@ write_if_changed() {
 # --- generated files --------------------------------------------------------------------------------------------
 
 rabbitmq_conf() {
-    cat <<'EOF'
+    cat <<EOF
 # generated by scripts/stack.sh
-listeners.tcp.default = 127.0.0.1:5672
+listeners.tcp.default = 127.0.0.1:$RABBITMQ_PORT
 management.tcp.ip = 127.0.0.1
-management.tcp.port = 15672
+management.tcp.port = $RABBITMQ_MANAGEMENT_PORT
 prometheus.tcp.ip = 127.0.0.1
-prometheus.tcp.port = 15692
-loopback_users.guest = true
+prometheus.tcp.port = $RABBITMQ_PROMETHEUS_PORT
+loopback_users.$RABBITMQ_USER = true
 log.console = true
 log.console.level = info
 log.console.use_colors = off
@@ -257,16 +241,16 @@ EOF
     # $home/.erlang.cookie.
     PROGRAM_DIR=$STATE/rabbitmq program rabbitmq 10 true 5 3 /usr/lib/rabbitmq/bin/rabbitmq-server
     cat <<EOF
-environment=HOME="$home",RABBITMQ_ALLOW_INPUT="true",RABBITMQ_NODENAME="pixpress@localhost",RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",RABBITMQ_NODE_PORT="5672",RABBITMQ_DIST_PORT="25672",ERL_EPMD_ADDRESS="127.0.0.1",RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-noinput +sbwt none +sbwtdcpu none +sbwtdio none -kernel inet_dist_use_interface {127,0,0,1}",RABBITMQ_MNESIA_BASE="$STATE/rabbitmq/mnesia",RABBITMQ_LOG_BASE="$STATE/rabbitmq/log",RABBITMQ_ENABLED_PLUGINS_FILE="$STATE/rabbitmq/enabled_plugins",RABBITMQ_CONFIG_FILE="$STATE/rabbitmq/rabbitmq.conf",RABBITMQ_ADVANCED_CONFIG_FILE="$STATE/rabbitmq/advanced.config",RABBITMQ_CONF_ENV_FILE="$STATE/rabbitmq/rabbitmq-env.conf",ERL_CRASH_DUMP="$LOGS/erl_crash.dump",PXSTACK_RABBITMQ_CONF="$(rabbitmq_conf | cksum | cut -d' ' -f1)"
+environment=HOME="$home",RABBITMQ_ALLOW_INPUT="true",RABBITMQ_NODENAME="pixpress@localhost",RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",RABBITMQ_NODE_PORT="$RABBITMQ_PORT",RABBITMQ_DIST_PORT="$RABBITMQ_DIST_PORT",ERL_EPMD_ADDRESS="127.0.0.1",RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-noinput +sbwt none +sbwtdcpu none +sbwtdio none -kernel inet_dist_use_interface {127,0,0,1}",RABBITMQ_MNESIA_BASE="$STATE/rabbitmq/mnesia",RABBITMQ_LOG_BASE="$STATE/rabbitmq/log",RABBITMQ_ENABLED_PLUGINS_FILE="$STATE/rabbitmq/enabled_plugins",RABBITMQ_CONFIG_FILE="$STATE/rabbitmq/rabbitmq.conf",RABBITMQ_ADVANCED_CONFIG_FILE="$STATE/rabbitmq/advanced.config",RABBITMQ_CONF_ENV_FILE="$STATE/rabbitmq/rabbitmq-env.conf",ERL_CRASH_DUMP="$LOGS/erl_crash.dump",PXSTACK_RABBITMQ_CONF="$(rabbitmq_conf | cksum | cut -d' ' -f1)"
 EOF
     PROGRAM_DIR=$STATE/ferretdb-state program ferretdb 20 true 2 3 "$FERRETDB_BIN" --handler=sqlite "--sqlite-url=file:$STATE/ferretdb/" \
-        --listen-addr=127.0.0.1:27017 --telemetry=disable --debug-addr=127.0.0.1:8089 "--state-dir=$STATE/ferretdb-state"
+        "--listen-addr=127.0.0.1:$FERRETDB_PORT" --telemetry=disable "--debug-addr=127.0.0.1:$FERRETDB_DEBUG_PORT" "--state-dir=$STATE/ferretdb-state"
     # FerretDB allocates heavily per document it decodes: GOGC=400 instead of Go's default 100 cut its CPU per query
     # by about a third (the heap may grow to 5x the live data, ~60 MB resident), with a 1 GiB soft limit so that a
     # huge request's sorted read collects earlier instead of growing 5x: docs/ferretdb.md, "CPU per document".
     printf 'environment=GOGC="400",GOMEMLIMIT="1GiB"\n'
     PROGRAM_DIR=$STATE program minio 20 true 2 3 "$SELF" _run --minio -- "$MINIO_BIN" server "$STATE/minio" \
-        --address 127.0.0.1:9000 --console-address 127.0.0.1:9001
+        --address "127.0.0.1:$MINIO_PORT" --console-address "127.0.0.1:$MINIO_CONSOLE_PORT"
     # metrics without a bearer token (MinIO listens on 127.0.0.1 only here): docs/observability.md
     printf 'environment=MINIO_BROWSER="off",MINIO_UPDATE="off",MINIO_PROMETHEUS_AUTH_TYPE="public"\n'
 
@@ -274,11 +258,12 @@ EOF
     while IFS= read -r name; do
         case $name in
         ingest) program ingest 100 false 2 10 "$SELF" _run -- "$VENV/bin/pixpress-ingest" ;;
-        aggregator) program aggregator 100 false 2 10 "$SELF" _run PIXPRESS_HEALTH_PORT=8101 -- "$VENV/bin/pixpress-aggregator" ;;
-        notifier) program notifier 100 false 2 10 "$SELF" _run PIXPRESS_HEALTH_PORT=8102 -- "$VENV/bin/pixpress-notifier" ;;
+        aggregator | notifier)
+            program "$name" 100 false 2 10 "$SELF" _run "PIXPRESS_HEALTH_PORT=$(health_port "$name")" -- \
+                "$VENV/bin/pixpress-$name" ;;
         compressor-*)
             compressors+=("$name")
-            program "$name" 100 false 2 10 "$SELF" _run "PIXPRESS_HEALTH_PORT=$((8110 + ${name#compressor-}))" -- \
+            program "$name" 100 false 2 10 "$SELF" _run "PIXPRESS_HEALTH_PORT=$(health_port "$name")" -- \
                 "$VENV/bin/pixpress-compressor" ;;
         esac
     done < <(service_names)
@@ -289,58 +274,6 @@ EOF
 }
 
 # --- subcommands ------------------------------------------------------------------------------------------------
-
-# Starts the named programs that are not RUNNING/STARTING (supervisord does the starting in parallel for "all").
-start_missing() {
-    local states name st missing=() all=$1
-    shift
-    states=$(sv_states)
-    for name; do
-        st=$(awk -v n="$name" '$1 == n { print $2 }' <<<"$states")
-        case $st in RUNNING | STARTING) ;; *) missing+=("$name") ;; esac
-    done
-    [ "${#missing[@]}" -gt 0 ] || return 0
-    say "starting ${missing[*]}"
-    if [ "$all" = all ]; then
-        sv start all >/dev/null 2>&1 || true
-    else
-        for name in "${missing[@]}"; do sv start "$(sv_name "$name")" >/dev/null 2>&1 || true; done
-    fi
-}
-
-# Waits until every named program passes its probes; deadline in $DEADLINE (epoch seconds).
-wait_healthy() {
-    local names=("$@") probes=() out prev="" tick=0 failing name states st
-    mapfile -t probes < <(probes_for "${names[@]}")
-    while :; do
-        if out=$(health_pass "${probes[@]}"); then return 0; fi
-        failing=$(cut -f1 <<<"$out" | tr '\n' ' ')
-        if [ "$failing" != "$prev" ]; then
-            say "waiting for: $failing($(( $(date +%s) - START ))s)"
-            prev=$failing
-        fi
-        if [ "$(date +%s)" -ge "$DEADLINE" ]; then
-            printf '%s: ERROR: not healthy after %ss:\n' "$CMD" "$TIMEOUT" >&2
-            printf '   %s\n' "${out//$'\t'/: }" >&2
-            for name in $failing; do log_tail "$name"; done
-            printf '%s: the stack is left running for inspection: scripts/stack.sh status | logs NAME, make down\n' \
-                "$CMD" >&2
-            exit 1
-        fi
-        if ((++tick % 3 == 0)); then # a program supervisord gave up on will not get healthy by waiting
-            states=$(sv_states)
-            for name in $failing; do
-                st=$(awk -v n="$name" '$1 == n { print $2 }' <<<"$states")
-                if [ "$st" = FATAL ]; then
-                    printf '%s: ERROR: %s keeps exiting (supervisord gave up: FATAL)\n' "$CMD" "$name" >&2
-                    log_tail "$name" 40
-                    exit 1
-                fi
-            done
-        fi
-        sleep 1
-    done
-}
 
 cmd_up() {
     local began
@@ -353,7 +286,6 @@ cmd_up() {
     # waiting for another stack.sh's lock eats into it.
     START=$(date +%s)
     TIMEOUT=${PIXPRESS_STACK_TIMEOUT:-180}
-    DEADLINE=$((START + TIMEOUT))
     mkdir -p "$LOGS" "$STATE/rabbitmq/mnesia" "$STATE/rabbitmq/log" "$STATE/ferretdb" "$STATE/ferretdb-state" \
         "$STATE/minio"
     touch "$STATE/.pixpress-state"
@@ -401,17 +333,17 @@ cmd_up() {
         fi
     fi
 
-    start_missing some "${INFRA[@]}"
-    wait_healthy "${INFRA[@]}"
+    ctl start "${INFRA[@]}"
+    ctl wait --since "$START" --timeout "$TIMEOUT" "${INFRA[@]}" || exit 1
     if [ "${#services[@]}" -gt 0 ]; then
-        start_missing all "${services[@]}"
-        wait_healthy "${INFRA[@]}" "${services[@]}"
+        ctl start --all "${services[@]}"
+        ctl wait --since "$START" --timeout "$TIMEOUT" "${INFRA[@]}" "${services[@]}" || exit 1
     fi
     local total=""
     if ((START - began >= 5)); then total=" ($(( $(date +%s) - began ))s with the install)"; fi
     say "all healthy in $(( $(date +%s) - START ))s$total: ${INFRA[*]}${services[*]:+ ${services[*]}}"
     if [ "${#services[@]}" -gt 0 ]; then
-        say "API http://127.0.0.1:$(probes_for ingest | sed -n 's|.*:\([0-9]*\)/healthz$|\1|p'), RabbitMQ UI http://127.0.0.1:15672 (guest/guest), MinIO http://127.0.0.1:9000"
+        say "API http://127.0.0.1:$(api_port), RabbitMQ UI http://127.0.0.1:$RABBITMQ_MANAGEMENT_PORT ($RABBITMQ_USER/$RABBITMQ_PASSWORD), MinIO http://127.0.0.1:$MINIO_PORT"
     fi
 }
 
@@ -441,31 +373,18 @@ cmd_down() {
 
 cmd_ps() {
     supervisord_pid >/dev/null || return 0
-    sv_states | awk '$2 == "RUNNING" {
-        rank = 1000
-        if ($1 == "rabbitmq") rank = 1; else if ($1 == "ferretdb") rank = 2; else if ($1 == "minio") rank = 3
-        else if ($1 == "ingest") rank = 4; else if ($1 == "aggregator") rank = 5; else if ($1 == "notifier") rank = 6
-        else if ($1 ~ /^compressor-[0-9]+$/) rank = 100 + substr($1, 12)
-        print rank, $1, $3 }' | sort -n -k1,1 | cut -d' ' -f2-
+    ctl ps
 }
 
 cmd_status() {
-    local pid names out probes=()
+    local pid
     if ! pid=$(supervisord_pid); then
         say "down (no supervisord for $STATE)"
         return 3
     fi
     printf 'supervisord pid %s, state %s\n' "$pid" "$STATE"
     sv status || true
-    mapfile -t names < <(sv_states | cut -d' ' -f1)
-    mapfile -t probes < <(probes_for "${names[@]}")
-    if out=$(health_pass "${probes[@]}"); then
-        printf 'health: all %s programs healthy\n' "${#names[@]}"
-    else
-        printf 'health: NOT healthy:\n'
-        printf '   %s\n' "${out//$'\t'/: }"
-        return 1
-    fi
+    ctl health
 }
 
 cmd_logs() {
@@ -488,20 +407,19 @@ cmd_logs() {
 cmd_restart() {
     START=$(date +%s)
     TIMEOUT=${PIXPRESS_STACK_TIMEOUT:-180}
-    DEADLINE=$((START + TIMEOUT))
     supervisord_pid >/dev/null || die "the stack is not running: scripts/stack.sh up"
-    local names=("$@") name infra=() services=()
-    if [ "${#names[@]}" -eq 0 ]; then mapfile -t names < <(sv_states | cut -d' ' -f1 | grep -vxE 'rabbitmq|ferretdb|minio'); fi
+    local names=("$@") name services=()
+    if [ "${#names[@]}" -eq 0 ]; then mapfile -t names < <(ctl names | grep -vxF -f <(printf '%s\n' "${INFRA[@]}")); fi
     for name in "${names[@]}"; do
-        case $name in rabbitmq | ferretdb | minio) infra+=("$name") ;; *) services+=("$name") ;; esac
+        case " ${INFRA[*]} " in *" $name "*) ;; *) services+=("$name") ;; esac
     done
     say "restarting ${names[*]}"
     for name in "${names[@]}"; do sv stop "$(sv_name "$name")" >/dev/null 2>&1 || true; done
-    start_missing some "${INFRA[@]}"
-    wait_healthy "${INFRA[@]}"
+    ctl start "${INFRA[@]}"
+    ctl wait --since "$START" --timeout "$TIMEOUT" "${INFRA[@]}" || exit 1
     if [ "${#services[@]}" -gt 0 ]; then
-        start_missing all "${services[@]}"
-        wait_healthy "${services[@]}"
+        ctl start --all "${services[@]}"
+        ctl wait --since "$START" --timeout "$TIMEOUT" "${services[@]}" || exit 1
     fi
     say "restarted and healthy in $(( $(date +%s) - START ))s"
 }

@@ -61,7 +61,8 @@ def _queue_arguments(queue: str) -> dict[str, Any]:
 
 def delivery_count(message: AbstractIncomingMessage) -> int:
     """How many times the quorum queue delivered this message before (its ``x-delivery-count`` header)."""
-    return int((message.headers or {}).get("x-delivery-count", 0) or 0)
+    count = (message.headers or {}).get("x-delivery-count")
+    return int(count) if isinstance(count, int | str) else 0
 
 
 def _batched(items: Iterable[bytes], size: int) -> Iterator[list[bytes]]:

@@ -23,7 +23,7 @@ from datetime import datetime
 from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import PyMongoError
+from pymongo.errors import BulkWriteError, PyMongoError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from shared.settings import Settings
@@ -31,6 +31,7 @@ from shared.timeutil import hour_key
 
 # ids per ``$in``: our FerretDB patch pushes down lists of up to 10,000 values, SQLite takes 32,766 parameters
 IDS_PER_QUERY = 1000
+DUPLICATE_KEY = 11000  # the server's error code for an ``_id`` (or unique index key) that exists already
 
 
 def product_id(request_id: str, row: int) -> str:
@@ -55,6 +56,19 @@ async def find_by_ids(collection: AsyncCollection, ids: list[str]) -> list[dict]
     for start in range(0, len(ids), IDS_PER_QUERY):
         found += await collection.find({"_id": {"$in": ids[start : start + IDS_PER_QUERY]}}).to_list(None)
     return found
+
+
+async def insert_new(collection: AsyncCollection, documents: list[dict]) -> set[int]:
+    """Insert ``documents`` whose deterministic ``_id`` may exist already (a redelivered message wrote them), all of
+    them even when some are duplicates; returns the positions of the duplicates. Any other error is raised."""
+    try:
+        await collection.insert_many(documents, ordered=False)
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if any(error.get("code") != DUPLICATE_KEY for error in errors):
+            raise
+        return {error["index"] for error in errors}
+    return set()
 
 
 class Database:

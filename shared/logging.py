@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
 
 _SECRET_KEYS = frozenset({"webhook_secret", "secret", "password", "api_key", "authorization", "amqp_url"})
 
 
-def _redact(_logger: object, _name: str, event: dict) -> dict:
+def _redact(_logger: object, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Never let a secret reach the logs, even if a caller passes one by mistake."""
     for key in list(event):
         if key.lower() in _SECRET_KEYS:
@@ -24,7 +26,7 @@ def _redact(_logger: object, _name: str, event: dict) -> dict:
 
 
 def _service_tagger(service: str) -> structlog.types.Processor:
-    def add_service(_logger: object, _name: str, event: dict) -> dict:
+    def add_service(_logger: object, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         event.setdefault("service", service)
         return event
 

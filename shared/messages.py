@@ -1,6 +1,20 @@
 """The only contract between services: pydantic models for every message and the routing keys they travel on.
 
 Messages carry ids and small facts, never image bytes; anything large lives in MinIO or MongoDB.
+
+Compatibility rule (services are upgraded one at a time, so old and new versions read each other's messages):
+
+* **Additive changes only** on a routing key: a new field must be optional (it has a default), and readers ignore
+  fields they do not know (``extra="ignore"``), so a message from a newer producer is processed by an older
+  consumer, and an older producer's message (without the field) by a newer one. ``ImageResult.codec`` was added
+  this way.
+* A field is never removed, renamed, made required or given another type or meaning on the same routing key.
+  Such a **breaking change gets a new routing key** (e.g. ``image.todo.v2``) and queue; producers switch to it once
+  every consumer of the new key is deployed, and the old key is retired once its queue is empty.
+* A message that misses a required field or carries a malformed one is still poison: the consumer rejects it into
+  ``<queue>.dlq`` at once (:meth:`shared.broker.Broker.consume`).
+
+docs/messages.md lists every routing key, its queue, producer and consumer.
 """
 
 from __future__ import annotations
@@ -51,9 +65,10 @@ class RequestStatus(StrEnum):
 
 
 class Message(BaseModel):
-    """Strict parsing: an unknown or missing field makes a message poison rather than half-understood."""
+    """Unknown fields are ignored (a newer producer may have added them); a missing or malformed required field
+    makes the message poison rather than half-understood."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 class RequestAccepted(Message):
@@ -62,24 +77,30 @@ class RequestAccepted(Message):
     request_id: str
 
 
-class ImageTask(Message):
-    """One input URL to download, compress and store."""
+class ImageSlot(Message):
+    """Which image a task or result is about: the ``index``-th URL of CSV row ``row`` (1 = first data row)."""
 
     request_id: str
     product_id: str
     row: int = Field(ge=1)
     index: int = Field(ge=0)
+
+
+class ImageTask(ImageSlot):
+    """One input URL to download, compress and store."""
+
     url: str
     attempt: int = Field(default=1, ge=1)
 
+    def settled(self, *, ok: bool, **outcome: object) -> ImageResult:
+        """The result that settles this task's slot."""
+        slot = {name: getattr(self, name) for name in ImageSlot.model_fields}
+        return ImageResult.model_validate({**slot, "ok": ok, **outcome})
 
-class ImageResult(Message):
+
+class ImageResult(ImageSlot):
     """The settled outcome of one ImageTask: an output URL or a reason."""
 
-    request_id: str
-    product_id: str
-    row: int = Field(ge=1)
-    index: int = Field(ge=0)
     ok: bool
     output_url: str | None = None
     error: str | None = None

@@ -49,7 +49,12 @@ from prometheus_client import (
     generate_latest,
 )
 
+from shared.api_models import WebhookState
+
 T = TypeVar("T")
+
+METRICS_PATH = "/metrics"
+PROMETHEUS_TEXT = CONTENT_TYPE_LATEST  # the text format's media type with its version, from the library
 
 # ``*_created`` series double the output and no dashboard or alert here uses them
 disable_created_metrics()
@@ -111,7 +116,8 @@ IMAGES_QUARANTINED = Counter(
 STAGE_SECONDS = Histogram(
     "pixpress_stage_seconds",
     "Time of one run of a stage of an image, failed runs included: download (per attempt), decode_encode "
-    "(codec thread time, not the wait for a free thread), store (MinIO PUT), publish (the confirmed result).",
+    "(codec thread time, not the wait for a free thread), store (MinIO PUT, its retries included), publish (the "
+    "confirmed result).",
     ["stage"],
     buckets=_SECONDS_BUCKETS,
     registry=None,
@@ -149,7 +155,7 @@ WEBHOOK_ATTEMPTS = Counter(
     registry=None,
 )
 
-_LABELS: dict[Counter | Histogram, tuple[str, ...]] = {
+_LABELS: dict[Counter | Gauge | Histogram, tuple[str, ...]] = {
     UPLOADS: UPLOAD_OUTCOMES,
     IMAGES_PROCESSED: IMAGE_OUTCOMES,
     IMAGE_FAILURES: FAILURE_REASONS,
@@ -180,20 +186,20 @@ SERVICE_METRICS: dict[str, tuple[Counter | Gauge | Histogram, ...]] = {
 def register(service: str, registry: CollectorRegistry = REGISTRY) -> None:
     """Export ``service``'s metrics from this process, every label value at zero."""
     for metric in SERVICE_METRICS[service]:
-        for value in _LABELS.get(metric, ()):  # type: ignore[call-overload]
+        for value in _LABELS.get(metric, ()):
             metric.labels(value)
         registry.register(metric)
 
 
 def metrics_routes(registry: CollectorRegistry = REGISTRY) -> list[web.RouteDef]:
-    """``GET /metrics`` in the Prometheus text format."""
+    """``GET /metrics`` in the Prometheus text format (ingest documents it in services/ingest/routes.py)."""
 
     async def metrics(_request: web.Request) -> web.Response:
         response = web.Response(body=generate_latest(registry))
-        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        response.headers["Content-Type"] = PROMETHEUS_TEXT
         return response
 
-    return [web.get("/metrics", metrics)]
+    return [web.get(METRICS_PATH, metrics)]
 
 
 @web.middleware
@@ -252,9 +258,12 @@ def open_requests_seen(count: int, oldest: datetime | None, now: datetime) -> No
     OLDEST_OPEN_REQUEST_AGE.set(0.0 if oldest is None else max(0.0, (now - oldest).total_seconds()))
 
 
-def webhook_attempted(state: str) -> None:
-    """``state`` is the delivery state the notifier recorded: delivered, retrying or dead."""
-    WEBHOOK_ATTEMPTS.labels("retry" if state == "retrying" else state).inc()
+_WEBHOOK_OUTCOMES = {WebhookState.DELIVERED: "delivered", WebhookState.RETRYING: "retry", WebhookState.DEAD: "dead"}
+
+
+def webhook_attempted(state: WebhookState) -> None:
+    """``state`` is the delivery state the notifier recorded after the attempt."""
+    WEBHOOK_ATTEMPTS.labels(_WEBHOOK_OUTCOMES[state]).inc()
 
 
 async def timed(stage: str, awaitable: Awaitable[T]) -> T:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from aiohttp import web
 
+from shared.api_models import Health, json_body
 from shared.metrics import metrics_routes
 
 HealthCheck = Callable[[], Awaitable[dict[str, bool]]]
@@ -20,11 +22,8 @@ def health_routes(check: HealthCheck) -> list[web.RouteDef]:
     """``GET /healthz``: 200 when every dependency answers, 503 naming the ones that do not; and ``GET /metrics``."""
 
     async def healthz(_request: web.Request) -> web.Response:
-        results = await check()
-        healthy = all(results.values())
-        return web.json_response(
-            {"status": "ok" if healthy else "unhealthy", "checks": results}, status=200 if healthy else 503
-        )
+        health = Health.of(await check())
+        return web.json_response(json_body(health), status=200 if health.status == "ok" else 503)
 
     return [web.get("/healthz", healthz), *metrics_routes()]
 
@@ -57,7 +56,7 @@ def install_stop_signals() -> asyncio.Event:
 def _dump_tasks() -> None:
     for task in asyncio.all_tasks():
         frames: list[str] = []
-        awaitable = task.get_coro()
+        awaitable: Any = task.get_coro()  # a coroutine, then whatever each one awaits
         while awaitable is not None and len(frames) < 50:  # follow the await chain, not just the top frame
             frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "ag_frame", None)
             if frame is not None:

@@ -12,7 +12,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from shared.broker import DELIVERY_LIMIT, Broker, PoisonMessage, delivery_count
 from shared.messages import ImageResult, Queue, RoutingKey
-from tests.support.stack import amqp_url
+from testkit.stack import amqp_url
 
 
 def result(row: int) -> ImageResult:

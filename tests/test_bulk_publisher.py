@@ -10,20 +10,22 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 import aio_pika
 import aiohttp
 import pytest
+from aio_pika.abc import AbstractIncomingMessage
 
 from shared.broker import Broker
 from shared.bulk_publisher import BulkPublisher, BulkPublishError
 from shared.messages import ImageTask, Queue, RoutingKey
-from tests.support.stack import MANAGEMENT, MANAGEMENT_HEADERS, amqp_url
+from testkit.stack import MANAGEMENT, MANAGEMENT_HEADERS, amqp_url
 
 EXCHANGE = "bulk-test"
 
 
-async def declare(vhost: str, queue: str, routing_key: str, queue_type: str = "quorum", **arguments: object) -> None:
+async def declare(vhost: str, queue: str, routing_key: str, queue_type: str = "quorum", **arguments: Any) -> None:
     connection = await aio_pika.connect(amqp_url(vhost))
     async with connection:
         channel = await connection.channel()
@@ -32,9 +34,9 @@ async def declare(vhost: str, queue: str, routing_key: str, queue_type: str = "q
         await declared.bind(exchange, routing_key)
 
 
-async def drain(vhost: str, queue: str, expected: int, timeout: float = 30.0) -> list[aio_pika.IncomingMessage]:
+async def drain(vhost: str, queue: str, expected: int, timeout: float = 30.0) -> list[AbstractIncomingMessage]:
     """Consume (and ack) until ``expected`` messages arrived, then make sure no extra one follows."""
-    received: list[aio_pika.IncomingMessage] = []
+    received: list[AbstractIncomingMessage] = []
     connection = await aio_pika.connect(amqp_url(vhost))
     async with connection:
         channel = await connection.channel()
@@ -136,16 +138,23 @@ async def close_connections(vhost: str, connection_name: str) -> int:
     return closed
 
 
+async def until_unusable(publisher: BulkPublisher, timeout: float = 10.0) -> None:
+    """Until the publisher has read the broker's Connection.Close (the management API answers before it is sent)."""
+    deadline = time.monotonic() + timeout
+    while publisher.usable:
+        assert time.monotonic() < deadline, f"the publisher never noticed the closed connection in {timeout}s"
+        await asyncio.sleep(0.05)
+
+
 async def test_a_connection_closed_by_the_broker_fails_the_batch_instead_of_hanging(vhost: str) -> None:
     await declare(vhost, "q", "k")
     publisher = await BulkPublisher.connect(amqp_url(vhost), name="doomed")
     try:
         assert await publisher.publish(EXCHANGE, "k", [b"before"]) == 1
         assert await close_connections(vhost, "doomed") == 1
-        await asyncio.sleep(0.5)  # the broker's Connection.Close reaches the listener
-        assert not publisher.usable
+        await until_unusable(publisher)
         with pytest.raises(BulkPublishError, match=r"CONNECTION_FORCED"):
-            await publisher.publish(EXCHANGE, "k", [b"after"])
+            await asyncio.wait_for(publisher.publish(EXCHANGE, "k", [b"after"]), timeout=10)
     finally:
         await publisher.close()
     assert [message.body for message in await drain(vhost, "q", 1)] == [b"before"]
@@ -157,10 +166,13 @@ async def test_broker_replaces_a_dead_bulk_connection_before_the_next_batch(vhos
     try:
         first = [ImageTask(request_id="r1", product_id="r1:1", row=1, index=0, url="http://example.com/a.jpg")]
         assert await broker.publish_many(RoutingKey.IMAGE_TODO, first) == 1
+        dead = broker._bulk  # the connection the next batch must not use
+        assert dead is not None
         assert await close_connections(vhost, "pixpress-bulk") == 1
-        await asyncio.sleep(0.5)
+        await until_unusable(dead)
         second = [ImageTask(request_id="r1", product_id="r1:2", row=2, index=0, url="http://example.com/b.jpg")]
         assert await broker.publish_many(RoutingKey.IMAGE_TODO, second * 4500, batch=2000) == 4500
+        assert broker._bulk is not dead and broker._bulk is not None and broker._bulk.usable
     finally:
         await broker.close()
     received = await drain(vhost, Queue.IMAGES.value, 4501)

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from shared.messages import Queue
 from shared.settings import Settings
 
-yaml = pytest.importorskip("yaml", reason="PyYAML is needed to parse the deployment files")
+pytestmark = pytest.mark.pure  # no server of the stack: `make test-fast` runs it
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -82,14 +83,29 @@ def test_dockerfile_builds_one_non_root_image_for_every_service():
     text = DOCKERFILE.read_text()
     bases = re.findall(r"^ARG PYTHON_IMAGE=(\S+)|^FROM (\S+)", text, re.MULTILINE)
     assert any(re.fullmatch(r"python:3\.1[1-9]-slim(-\w+)?", arg or base) for arg, base in bases), bases
-    assert "pip install --no-cache-dir ." in text
-    assert "[test]" not in text, "the image must not install the test extras"
+    installs = re.findall(r"pip install [^\n]*", text)
+    assert installs == ["pip install --no-cache-dir -c constraints.txt ."], installs  # pinned, and no extras
     users = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
     assert users, "the image must not run as root"
     assert users[-1].split(":")[0] not in ("root", "0")
     assert re.search(r'^CMD \["pixpress-ingest"\]', text, re.MULTILINE)
     ignored = set((ROOT / ".dockerignore").read_text().split())
-    assert {".venv", ".git", ".run", "bench/out", ".pytest_cache"} <= ignored
+    assert {".venv", ".git", ".run", "bench/out", ".pytest_cache", "tests", "testkit"} <= ignored
+    assert "constraints.txt" not in ignored
+
+
+def test_service_dependencies_leave_the_stack_and_test_tools_to_extras():
+    """The image installs ``dependencies`` only: supervisor, tqdm and the test tools must not be among them, and
+    every runtime dependency is pinned in constraints.txt."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = {re.split(r"[<>=\[ ;]", requirement)[0].lower() for requirement in project["dependencies"]}
+    extras = project["optional-dependencies"]
+    assert not runtime & {"supervisor", "tqdm", "pytest", "scikit-image", "ruff", "mypy"}, runtime
+    assert {"supervisor", "tqdm"} <= {re.split(r"[<>=\[ ;]", r)[0].lower() for r in extras["stack"]}
+    pinned = {
+        line.split("==")[0].lower() for line in (ROOT / "constraints.txt").read_text().splitlines() if "==" in line
+    }
+    assert runtime <= pinned, runtime - pinned
 
 
 # --- docker-compose.yml -----------------------------------------------------------------------------------
@@ -156,7 +172,8 @@ def test_compose_environment_is_valid_settings(compose):
         env = compose["services"][name]["environment"]
         assert isinstance(env, dict), f"{name}: use the mapping form so the shared env anchor can merge"
         values = {key: _interpolate(str(value)) for key, value in env.items() if value is not None}
-        settings = Settings(**{key.removeprefix(PREFIX).lower(): value for key, value in values.items()})
+        # validated as given: model_validate, unlike Settings(), adds nothing from this process's environment
+        settings = Settings.model_validate({key.removeprefix(PREFIX).lower(): value for key, value in values.items()})
         assert settings.api_host == "0.0.0.0"
         assert settings.health_host == "0.0.0.0"
         assert settings.health_port == 8080
@@ -224,7 +241,7 @@ def test_k8s_config_is_valid_settings_and_keeps_secrets_out_of_the_configmap(k8s
     assert not leaked, f"secrets in the ConfigMap: {leaked}"
     assert not set(config) & set(secret)
     merged = {**config, **secret}
-    settings = Settings(**{key.removeprefix(PREFIX).lower(): value for key, value in merged.items()})
+    settings = Settings.model_validate({key.removeprefix(PREFIX).lower(): value for key, value in merged.items()})
     assert settings.api_port == 5000
     assert settings.health_port == 8080
     assert settings.health_host == settings.api_host == "0.0.0.0"

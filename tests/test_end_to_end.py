@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+import time
 
 import aiohttp
 from PIL import Image
 from standardwebhooks.webhooks import Webhook
 
-from tests.support.client import API, csv_text, upload, wait_final
-from tests.support.photos import PHOTOS, encode, photo, photo_bytes, reference_quantization
+from tests.support.client import API, FINAL, csv_text, upload, wait_final
+from tests.support.photos import PHOTOS, encode, photo, photo_bytes, quantization, reference_quantization
 from tests.support.servers import ImageHost, WebhookReceiver
 
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the one `make test` gives the notifier
@@ -65,7 +67,7 @@ async def test_photos_flow_through_every_service(
                 data = await image_response.read()
             out = Image.open(io.BytesIO(data))
             assert out.format == "JPEG" and out.size == photo(name).size
-            assert out.quantization == reference_quantization(photo(name)), name
+            assert quantization(out) == reference_quantization(photo(name)), name
 
     await webhook.wait(timeout=30)
     assert len(webhook.deliveries) == 1
@@ -79,17 +81,40 @@ async def test_photos_flow_through_every_service(
     assert delivery.headers["webhook-id"] == f"msg_{request_id}"
 
 
-async def test_status_goes_queued_processing_completed_and_products_are_listed(
+async def test_status_is_processing_while_an_image_is_in_flight_then_completed_and_products_are_listed(
     stack: str, http: aiohttp.ClientSession, image_host: ImageHost
 ):
+    """Every status the API reports, polled from the upload on, moves forward only: Queued (if a poll beats the
+    fan-out, which starts at once), Processing for as long as the image host holds the download, Completed."""
     url = image_host.add("one.jpg", encode(photo("chelsea.png"), "JPEG", quality=90))
+    image_host.hold = asyncio.Event()
     response = await upload(http, csv_text([("A1", "Cat", [url, url])]))
     request_id = (await response.json())["request_id"]
-    first = await (await http.get(f"{API}/status/{request_id}")).json()
-    assert first["status"] in ("Queued", "Processing", "Completed")
-    assert "output_csv_url" not in first or first["status"] == "Completed"
-    final = await wait_final(http, request_id)
-    assert final["status"] == "Completed"
+    seen: list[dict] = []
+    deadline = time.monotonic() + 60
+    while not seen or seen[-1]["status"] != "Processing":
+        assert time.monotonic() < deadline, f"never Processing while the download was held: {seen[-1:]}"
+        async with http.get(f"{API}/status/{request_id}") as answer:
+            seen.append(await answer.json())
+        await asyncio.sleep(0.02)
+    while image_host.hits["one.jpg"] == 0:  # a compressor is waiting on the held image: still Processing after
+        assert time.monotonic() < deadline, "no compressor asked for the image"
+        await asyncio.sleep(0.05)
+    async with http.get(f"{API}/status/{request_id}") as answer:
+        seen.append(await answer.json())
+    assert seen[-1]["status"] == "Processing" and seen[-1]["progress"]["images_settled"] == 0, seen[-1]
+    image_host.hold.set()
+    while seen[-1]["status"] not in FINAL:
+        assert time.monotonic() < deadline, f"not final: {seen[-1]}"
+        await asyncio.sleep(0.05)
+        async with http.get(f"{API}/status/{request_id}") as answer:
+            seen.append(await answer.json())
+    statuses = [body["status"] for body in seen]
+    assert statuses[-1] == "Completed", seen[-1]
+    order = ["Queued", "Processing", "Completed"]
+    assert statuses == sorted(statuses, key=order.index), statuses
+    assert all("output_csv_url" not in body for body in seen if body["status"] != "Completed")
+    final = seen[-1]
     async with http.get(f"{API}/requests/{request_id}/products") as products:
         page = await products.json()
     assert page["total"] == 1

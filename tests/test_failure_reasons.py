@@ -17,6 +17,7 @@ import aio_pika
 import aiohttp
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
+from pamqp.common import FieldValue
 from prometheus_client import CollectorRegistry
 
 from services.compressor.download import DownloadLimits
@@ -26,10 +27,10 @@ from shared.broker import DELIVERY_LIMIT, Broker
 from shared.messages import ImageResult, ImageTask, Queue
 from shared.settings import Settings
 from shared.storage import Storage
+from testkit.stack import amqp_url
 from tests.support import zoo
 from tests.support.photos import photo_as_jpeg
 from tests.support.servers import ImageHost
-from tests.support.stack import amqp_url
 
 MAX_BYTES = 2_000_000
 MAX_PIXELS = 1_000_000
@@ -44,8 +45,12 @@ class Rig:
     registry: CollectorRegistry
     host: ImageHost
 
+    def value(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """A sample of this test's registry; 0 when it has none yet."""
+        return self.registry.get_sample_value(name, labels) or 0.0
+
     def count(self, reason: str) -> float:
-        return self.registry.get_sample_value("pixpress_image_failures_total", {"reason": reason}) or 0.0
+        return self.value("pixpress_image_failures_total", {"reason": reason})
 
     def counts(self) -> dict[str, float]:
         return {reason: self.count(reason) for reason in metrics.FAILURE_REASONS}
@@ -53,7 +58,7 @@ class Rig:
     async def message(self, deliveries: int = 0) -> AbstractIncomingMessage:
         """A real delivery from a real queue, carrying the delivery count a quorum queue would have set."""
         queue = await self.channel.declare_queue(exclusive=True, auto_delete=True)
-        headers = {"x-delivery-count": deliveries} if deliveries else {}
+        headers: dict[str, FieldValue] = {"x-delivery-count": deliveries} if deliveries else {}
         await self.channel.default_exchange.publish(aio_pika.Message(b"{}", headers=headers), routing_key=queue.name)
         incoming = await queue.get(timeout=10)
         assert incoming is not None
@@ -156,7 +161,7 @@ async def test_a_task_that_kept_killing_compressors_counts_as_interrupted(rig: R
 async def test_a_compressed_image_counts_once_with_its_bytes_and_codec(rig: Rig):
     body = photo_as_jpeg("chelsea.png")
     rig.host.add("ok.jpg", body)
-    value = rig.registry.get_sample_value
+    value = rig.value
     before = {
         "ok": value("pixpress_images_processed_total", {"outcome": "ok"}),
         "in": value("pixpress_image_bytes_in_total"),
@@ -176,13 +181,13 @@ async def test_a_compressed_image_counts_once_with_its_bytes_and_codec(rig: Rig)
 
 async def test_a_redelivered_task_is_moved_not_counted(rig: Rig):
     rig.host.add("again.jpg", photo_as_jpeg("coffee.png"))
-    value = rig.registry.get_sample_value
+    value = rig.value
 
     def processed() -> float:
-        return sum(value("pixpress_images_processed_total", {"outcome": o}) or 0 for o in metrics.IMAGE_OUTCOMES)
+        return sum(value("pixpress_images_processed_total", {"outcome": o}) for o in metrics.IMAGE_OUTCOMES)
 
     processed_before = processed()
-    quarantined = value("pixpress_images_quarantined_total") or 0
+    quarantined = value("pixpress_images_quarantined_total")
     await rig.worker.handle(_task(rig.host.url("/img/again.jpg"), 1), await rig.message(deliveries=1))
     suspect = await rig.channel.get_queue(Queue.IMAGES_SUSPECT.value)
     moved = await suspect.get(timeout=10, no_ack=True)

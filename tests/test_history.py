@@ -26,7 +26,7 @@ from shared.messages import ImageResult
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.timeutil import utcnow
-from tests.support import stack as control
+from testkit.stack import service_env
 from tests.support.client import API, csv_text, upload, wait_final
 from tests.support.photos import encode, photo
 from tests.support.servers import ImageHost, WebhookReceiver
@@ -83,7 +83,7 @@ async def stack_db() -> AsyncIterator[Database]:
 
 
 def retention_days_of_the_stack() -> int:
-    value = control.service_env().get("PIXPRESS_RETENTION_DAYS")
+    value = service_env().get("PIXPRESS_RETENTION_DAYS")
     if not value:
         pytest.fail("the stack runs without PIXPRESS_RETENTION_DAYS; `make test` sets it (scripts/stack.sh up)")
     return int(value)
@@ -242,7 +242,8 @@ async def test_products_are_paged_by_row_key(stack: str, http: aiohttp.ClientSes
             assert answer.status == 200, await answer.text()
             return await answer.json()
 
-    pages, path = [], f"/requests/{request_id}/products?limit=3"
+    pages: list[dict] = []
+    path: str | None = f"/requests/{request_id}/products?limit=3"
     while path:
         pages.append(await page(path))
         path = pages[-1].get("next")

@@ -15,10 +15,10 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
+from testkit.stack import service_env
 from tests.support.client import API, csv_text, upload, wait_final
 from tests.support.photos import photo_bytes
 from tests.support.servers import ImageHost, RawHost, WebhookReceiver
-from tests.support.stack import service_env
 
 MARKUP = b"<html><script>alert(document.cookie)</script>" + b"\x01\xfe" + b"B" * 300
 PRINTABLE = re.compile(r"[\x20-\x7e]{1,200}")

@@ -9,6 +9,8 @@ issue saw 3.3 GB decoded, and RSS staying at 300 MB from 66 MB afterwards).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import aiohttp
 
 from tests.support import bombs
@@ -22,7 +24,7 @@ from tests.support.servers import ImageHost
 # so a loaded machine or a second codec thread cannot make it flaky.
 PEAK_GROWTH_BOUND = 400 * MIB
 
-HOSTILE = {
+HOSTILE: dict[str, tuple[Callable[[], bytes], str]] = {
     "tiff-huge-second-page.tif": (bombs.tiff_with_huge_second_page, "pixel limit"),
     "mpo-huge-second-frame.jpg": (bombs.mpo_with_huge_second_frame, "pixel limit"),
     "gif-frame-beyond-screen.gif": (bombs.gif_with_a_frame_larger_than_its_screen, "pixel limit"),

@@ -22,33 +22,12 @@ from pymongo import AsyncMongoClient
 
 from services.compressor.compress import ImageRejected, compress
 from services.compressor.frame_budget import set_pillow_backstop
-from shared.settings import Settings
-from tests.support import stack, zoo
+from testkit.stack import MANAGEMENT, MANAGEMENT_HEADERS, service_env, service_settings
+from tests.support import zoo
 from tests.support.client import API, csv_text, upload, wait_final
-from tests.support.photos import reference_quantization
+from tests.support.photos import quantization, reference_quantization
 
-
-def service_settings() -> Settings:
-    """The settings the running services were started with: ``scripts/stack.sh up`` writes their PIXPRESS_*
-    environment to ``<state>/service.env``; this process's own PIXPRESS_* fill in when there is no such file."""
-    values = stack.service_env()
-    scalars = {
-        "read_timeout",
-        "download_timeout",
-        "connect_timeout",
-        "max_image_bytes",
-        "max_image_pixels",
-        "max_redirects",
-        "image_max_attempts",
-        "retry_base_delay_ms",
-        "jpeg_quality",
-        "jpeg_fast_path",
-    }
-    fields = {name.removeprefix("PIXPRESS_").lower(): value for name, value in values.items()}
-    return Settings(**{name: value for name, value in fields.items() if name in scalars})
-
-
-SETTINGS = service_settings()
+SETTINGS = service_settings()  # what the running services were started with
 
 
 @dataclass(frozen=True)
@@ -150,8 +129,8 @@ JITTER = (1.0, 1.1, 1.2, 1.3)  # services.compressor.worker.retry_delay_ms
 async def delay_publishes() -> dict[str, int]:
     """Messages ever published to each image delay queue, from the RabbitMQ management API."""
     async with (
-        aiohttp.ClientSession(headers=stack.MANAGEMENT_HEADERS) as session,
-        session.get("http://127.0.0.1:15672/api/queues", params={"columns": "name,message_stats"}) as answer,
+        aiohttp.ClientSession(headers=MANAGEMENT_HEADERS) as session,
+        session.get(f"{MANAGEMENT}/queues", params={"columns": "name,message_stats"}) as answer,
     ):
         assert answer.status == 200, await answer.text()
         queues = await answer.json()
@@ -171,7 +150,6 @@ class Run:
     products: dict[str, dict]  # serial -> product record from the API
     table: dict[str, dict[str, str]]  # serial -> output CSV row
     outputs: dict[str, bytes]  # output URL -> body
-    elapsed: float
     delay_publishes_before: dict[str, int]
 
 
@@ -205,12 +183,10 @@ async def run(stack: str) -> AsyncIterator[Run]:
         timeout = aiohttp.ClientTimeout(total=60)
         delays_before = await delay_publishes()
         async with aiohttp.ClientSession(timeout=timeout) as http:
-            started = time.monotonic()
             response = await upload(http, csv_text(rows))
             assert response.status == 200, await response.text()
             request_id = (await response.json())["request_id"]
             status = await wait_final(http, request_id, timeout=budget)
-            elapsed = time.monotonic() - started
             async with http.get(f"{API}/requests/{request_id}/products", params={"limit": "500"}) as answer:
                 assert answer.status == 200, await answer.text()
                 page = await answer.json()
@@ -227,7 +203,7 @@ async def run(stack: str) -> AsyncIterator[Run]:
                         async with http.get(url) as answer:
                             assert answer.status == 200, url
                             outputs[url] = await answer.read()
-        yield Run(host, request_id, status, rows, products, table, outputs, elapsed, delays_before)
+        yield Run(host, request_id, status, rows, products, table, outputs, delays_before)
     finally:
         await host.stop()
 
@@ -304,7 +280,7 @@ def test_policy_format_size_pixels_and_metadata(run: Run, good: Good):
     assert url.endswith(".jpg" if good.fmt == "JPEG" else ".webp")
     assert f"/images/{run.request_id}/" in url
     assert out.size == shows.size  # dimensions as displayed (orientation applied), never resized
-    transparent = shows.mode == "RGBA" and shows.getchannel("A").getextrema()[0] < 255
+    transparent = shows.mode == "RGBA" and shows.getchannel("A").getextrema() != (255, 255)
     if transparent:
         assert out.mode == "RGBA"
         assert ImageChops.difference(out.getchannel("A"), shows.getchannel("A")).getbbox() is None  # alpha exact
@@ -315,26 +291,11 @@ def test_policy_format_size_pixels_and_metadata(run: Run, good: Good):
     assert _mean_difference(out, shows) < limit
     if good.fmt == "JPEG":
         reference = reference_quantization(shows, SETTINGS.jpeg_quality)
-        assert out.quantization == ({0: reference[0]} if out.mode == "L" else reference)
+        assert quantization(out) == ({0: reference[0]} if out.mode == "L" else reference)
     # the ICC profile survives (CMYK is converted to sRGB, so its source profile does not apply any more)
     if source.mode != "CMYK":
         assert out.info.get("icc_profile") == source.info.get("icc_profile")
     assert not out.getexif() and "comment" not in out.info and "xmp" not in out.info
-
-
-def test_progressive_jpeg_keeps_its_icc_profile(run: Run):
-    _, out = _decoded(run, "G-progressive-icc.jpg")
-    assert out.info.get("icc_profile") == zoo.srgb_profile()
-
-
-def test_orientation_6_displays_upright_without_gps(run: Run):
-    _, out = _decoded(run, "G-sideways-exif6.jpg")
-    upright = zoo.rgb("rocket.jpg")
-    assert out.size == upright.size != Image.open(io.BytesIO(GOODS[0].sample.body)).size
-    assert out.getexif().get(zoo.ORIENTATION) in (None, 1)
-    assert zoo.GPS_IFD not in out.getexif()
-    # far closer to the upright photo than to the same photo turned upside down
-    assert _mean_difference(out, upright) * 3 < _mean_difference(out, upright.transpose(Image.Transpose.ROTATE_180))
 
 
 def test_grey_and_16_bit_sources_come_out_grey_and_scaled(run: Run):
@@ -351,7 +312,7 @@ def test_grey_and_16_bit_sources_come_out_grey_and_scaled(run: Run):
 def test_animated_gif_becomes_animated_webp_with_every_frame(run: Run):
     _, out = _decoded(run, "G-animated.gif")
     assert out.format == "WEBP" and getattr(out, "is_animated", False)
-    assert out.n_frames == len(ANIMATED_FRAMES) == len(zoo.ANIMATION_DURATIONS)
+    assert getattr(out, "n_frames", 1) == len(ANIMATED_FRAMES) == len(zoo.ANIMATION_DURATIONS)
     assert out.size == ANIMATED_FRAMES[0].size
     for i, (frame, duration) in enumerate(zip(ANIMATED_FRAMES, zoo.ANIMATION_DURATIONS, strict=True)):
         out.seek(i)
@@ -420,25 +381,20 @@ async def test_retries_wait_in_rabbitmq_delay_queues(run: Run):
 
 def test_slow_and_redirected_sources_arrive_whole(run: Run):
     assert run.host.hits["slow/slow.jpg"] == 1
-    assert run.host.hits["redirected.png"] >= 1
+    assert run.host.hits["redirected.png"] == 1  # the redirect loop case never reaches it
     for serial in ("G-slow.jpg", "G-redirected.png"):
         _, out = _decoded(run, serial)
         assert out.format == "JPEG"
 
 
-def test_the_whole_zoo_finished_in_bounded_time(run: Run):
-    # bounded by the hang (attempts x read timeout plus the backoff); everything else takes seconds
-    assert run.elapsed < HANG_SECONDS + 30, (run.elapsed, HANG_SECONDS)
-
-
-# JPEGs the DCT-domain path takes, and the ones it leaves to the pixel path (services/compressor/jpeg_fast.py)
+# JPEGs the DCT-domain path takes (services/compressor/jpeg_fast.py); it leaves sideways-exif6.jpg (EXIF orientation 6)
+# and cmyk.jpg to the pixel path, like every other format
 DCT_JPEGS = {"flaky.jpg", "slow.jpg", "progressive-icc.jpg"}
-PIXEL_JPEGS = {"sideways-exif6.jpg", "cmyk.jpg"}  # EXIF orientation 6; CMYK
 
 
 async def test_each_result_records_the_codec_that_made_it(run: Run):
     """The compressor's result message carries the codec, and the aggregator stores it with the result."""
-    env = stack.service_env()
+    env = service_env()
     client: AsyncMongoClient = AsyncMongoClient(env.get("PIXPRESS_MONGO_URL", "mongodb://127.0.0.1:27017/"))
     try:
         db = client[env.get("PIXPRESS_MONGO_DB", "pixpress")]
@@ -453,6 +409,5 @@ async def test_each_result_records_the_codec_that_made_it(run: Run):
     for good in GOODS:
         expected = fast if good.key in DCT_JPEGS else "pillow"
         assert by_serial[f"G-{good.key}"] == expected, good.key
-    assert {good.key for good in GOODS} >= DCT_JPEGS | PIXEL_JPEGS
     for bad in BADS:
         assert by_serial[f"B-{bad.key}"] is None, bad.key  # failures were encoded by nothing

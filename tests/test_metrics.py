@@ -9,7 +9,6 @@ earlier tests left in flight does not move the counters under it.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -17,7 +16,7 @@ from datetime import datetime
 import aiohttp
 
 from shared import metrics
-from shared.settings import Settings
+from testkit.stack import service_settings
 from tests.support import zoo
 from tests.support.client import API, csv_text, upload, wait_final
 from tests.support.metrics import (
@@ -25,6 +24,7 @@ from tests.support.metrics import (
     RABBITMQ_METRICS,
     Scrape,
     endpoints,
+    families_of,
     fetch_text,
     parse,
     scrape,
@@ -32,21 +32,8 @@ from tests.support.metrics import (
 )
 from tests.support.photos import photo_as_jpeg, photo_bytes
 from tests.support.servers import ImageHost, WebhookReceiver
-from tests.support.stack import service_env
 
-
-def _service_settings() -> Settings:
-    """The settings the running services were started with (their PIXPRESS_* environment, parsed the same way)."""
-    saved = dict(os.environ)
-    try:
-        os.environ.update(service_env())
-        return Settings()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
-SETTINGS = _service_settings()
+SETTINGS = service_settings()  # the settings the running services were started with
 
 
 async def scrape_until(
@@ -194,8 +181,7 @@ async def test_every_service_exports_its_own_metrics_and_process_metrics(stack: 
     for program, url in programs.items():
         samples, families = parse(await fetch_text(http, url))
         service = "compressor" if program.startswith("compressor-") else program
-        own = {metric.describe()[0].name for metric in metrics.SERVICE_METRICS[service]}
-        assert {name for name in families if name.startswith("pixpress_")} == own, program
+        assert {name for name in families if name.startswith("pixpress_")} == families_of(service), program
         assert families["process_resident_memory_bytes"] == "gauge"
         assert families["process_cpu_seconds"] == "counter"
         rss = next(value for (name, _), value in samples.items() if name == "process_resident_memory_bytes")
@@ -212,3 +198,4 @@ async def test_rabbitmq_and_minio_export_their_metrics(stack: str, http: aiohttp
     assert consumers["compressor.images"] >= 1
     samples, _ = parse(await fetch_text(http, MINIO_METRICS))
     assert any(name.startswith("minio_") for name, _ in samples)
+

@@ -1,33 +1,47 @@
-"""The OpenAPI 3.1 document at /openapi.json matches what the running API really does, and /docs renders it.
+"""The OpenAPI 3.1 document at /openapi.json is the one generated from the models, matches what the running API
+really does, and /docs shows it with Swagger UI served from this server.
 
 schemathesis generates requests from the document (valid and invalid: malformed ids, out-of-range paging,
 missing fields) and checks every answer's status, content type, headers and body against it. Those random ids
-never exist, so a second test drives one real request to completion and validates every 200/302/409 body it
-meets against the same document.
+never exist, so a second test drives one real request to completion and validates every answer it meets on
+the way (each status poll, the detail, product pages, the output redirect, refusals, health, metrics) and the webhook
+the notifier POSTs, against the same document.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
 import time
 import uuid
 import zlib
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import hypothesis
+import jsonschema_rs
 import pytest
+import pytest_asyncio
 import requests
 import schemathesis
+from aiohttp.test_utils import TestClient
+from pydantic import SecretStr
 from schemathesis.core.parameters import ParameterLocation
 from schemathesis.specs.openapi.checks import positive_data_acceptance
+from swagger_ui_bundle import swagger_ui_path
 
+from services.ingest import routes
 from services.ingest.api import build_app
 from services.ingest.openapi import build_openapi
 from services.ingest.upload import UploadHandler
 from shared.settings import Settings
-from tests.support.client import API, csv_text, upload, wait_final
+from testkit.stack import service_env
+from tests.support.apps import serve_api
+from tests.support.client import API, FINAL, csv_text
 from tests.support.photos import encode, photo
 from tests.support.servers import ImageHost, WebhookReceiver
 
@@ -110,33 +124,60 @@ def api_schema(stack: str) -> Any:
     return schemathesis.openapi.from_url(OPENAPI_URL, wait_for_schema=60)
 
 
-def test_document_lists_every_route_of_the_app():
+def generated(settings: Settings) -> dict[str, Any]:
+    return build_openapi(routes.OPERATIONS, settings, title="pixpress API", description=routes.ABOUT)
+
+
+def running_settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings the stack's ingest runs with: its PIXPRESS_* environment, read as it reads it."""
+    for name in [name for name in os.environ if name.startswith("PIXPRESS_")]:
+        monkeypatch.delenv(name)
+    for name, value in service_env().items():
+        monkeypatch.setenv(name, value)
+    return Settings()
+
+
+def test_every_served_route_is_documented_and_every_documented_one_served():
     settings = Settings()
     # the app is only built to read its router; nothing is served, so no connections are needed
     app = build_app(settings, None, UploadHandler(settings, None, None, None), None)  # type: ignore[arg-type]
     served = {
-        (route.method.lower(), route.resource.canonical)
+        (route.method, route.resource.canonical)
         for route in app.router.routes()
         if route.method != "HEAD" and route.resource is not None
     }
-    spec = build_openapi(settings)
-    documented = {(method, path) for path, item in spec["paths"].items() for method in item if method != "parameters"}
-    assert served == documented
-    assert spec["openapi"] == "3.1.0"
+    documented = {(operation.method, operation.path) for operation in routes.OPERATIONS}
+    docs_assets = {("GET", "/docs/assets/{name}"), ("GET", "/docs/pixpress-docs.js")}  # Swagger UI's own files
+    assert served == documented | docs_assets
 
 
-async def test_served_document_is_the_one_built_from_settings(stack: str, http: aiohttp.ClientSession):
+async def test_the_served_document_is_the_generated_one(
+    stack: str, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+):
     async with http.get(OPENAPI_URL) as response:
         assert response.status == 200
         assert response.content_type == "application/json"
         served = await response.json()
-    for route in ("/upload", "/status/{request_id}", "/requests/{request_id}/products", "/healthz"):
-        assert route in served["paths"]
-    limits = served["info"]["x-pixpress-limits"]
-    assert set(limits) == {"max_csv_bytes", "max_rows", "max_urls_per_row", "max_url_length", "max_reported_errors"}
-    assert served["paths"]["/upload"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"][
-        "required"
-    ] == ["file"]
+    assert served == generated(running_settings(monkeypatch))
+    assert served["openapi"] == "3.1.0"
+    assert served["info"]["x-pixpress-limits"]["max_rows"] == int(service_env().get("PIXPRESS_MAX_ROWS", 1_000_000))
+
+
+@pytest_asyncio.fixture(scope="module")
+async def keyed_api() -> AsyncIterator[TestClient]:
+    async with serve_api(Settings(api_key=SecretStr("docs-key"))) as client:
+        yield client
+
+
+async def test_a_keyed_server_documents_its_key(keyed_api: TestClient):
+    async with keyed_api.get("/openapi.json", headers={"X-API-Key": "docs-key"}) as response:
+        served = await response.json()
+    assert served == generated(Settings(api_key=SecretStr("docs-key")))
+    assert served["security"] == [{"ApiKey": []}]
+    operations = [(path, item[method]) for path, item in served["paths"].items() for method in item]
+    locked = {path for path, operation in operations if "401" in operation["responses"]}
+    assert locked == {path for path, operation in operations if operation.get("security") != []}
+    assert locked == {op.path for op in routes.OPERATIONS} - {"/healthz", "/metrics", "/docs"}
 
 
 def _validate(api_schema: Any, method: str, path: str, response: requests.Response) -> None:
@@ -151,32 +192,57 @@ async def _post(url: str, **kwargs: Any) -> requests.Response:
     return await asyncio.to_thread(requests.post, url, timeout=30, **kwargs)
 
 
-async def test_real_answers_match_the_document(
-    api_schema: Any, http: aiohttp.ClientSession, image_host: ImageHost, webhook: WebhookReceiver
+def component(document: dict[str, Any], name: str) -> jsonschema_rs.Validator:
+    """A validator for one schema of the document, its references resolved inside the document."""
+    root = {"$ref": f"#/components/schemas/{name}", "components": document["components"]}
+    return jsonschema_rs.Draft202012Validator(root)
+
+
+async def test_every_answer_of_a_real_request_matches_the_document(
+    api_schema: Any, image_host: ImageHost, webhook: WebhookReceiver
 ):
+    image_host.delay = 0.3  # long enough for the status polls to see the request before it ends
     small = encode(photo("chelsea.png").convert("RGB").resize((80, 60)), "JPEG", quality=90)
     good = image_host.add("cat.jpg", small)
     missing = image_host.url("/img/missing.jpg")
     rows = [("R1", "Cat", [good, missing]), ("R2", "Cat again", [good])]
-    accepted = await upload(http, csv_text(rows), webhook_url=webhook.url("/hook"))
-    assert accepted.status == 200
-    request_id = (await accepted.json())["request_id"]
+    accepted = await _post(
+        f"{API}/upload",
+        files={"file": ("p.csv", csv_text(rows), "text/csv")},
+        data={"webhook_url": webhook.url("/hook")},
+    )
+    assert accepted.status_code == 200, accepted.text
+    _validate(api_schema, "POST", "/upload", accepted)
+    request_id = accepted.json()["request_id"]
+    seed = {"message": "CSV received and processing started.", "request_id": request_id}  # the seed's exact body
+    assert accepted.content == json.dumps({**seed, "status_url": f"/status/{request_id}"}).encode()
 
     # straight after the upload nothing can be finished: the output CSV is not there yet
     not_ready = await _get(f"{API}/requests/{request_id}/output.csv", allow_redirects=False)
     assert not_ready.status_code == 409
     _validate(api_schema, "GET", "/requests/{request_id}/output.csv", not_ready)
 
-    final = await wait_final(http, request_id)
-    assert final["status"] == "Completed"
-    await webhook.wait(timeout=30)
+    seen: list[str] = []
+    deadline = time.monotonic() + 120
+    while not seen or seen[-1] not in FINAL:
+        assert time.monotonic() < deadline, seen
+        status = await _get(f"{API}/status/{request_id}")
+        _validate(api_schema, "GET", "/status/{request_id}", status)
+        seen.append(status.json()["status"])
+        detail = await _get(f"{API}/requests/{request_id}")
+        _validate(api_schema, "GET", "/requests/{request_id}", detail)
+        await asyncio.sleep(0.1)
+    assert seen[-1] == "Completed" and "Processing" in seen, seen
+    final = status.json()
+    assert "output_csv_url" in final
 
-    status = await _get(f"{API}/status/{request_id}")
-    assert status.status_code == 200 and "output_csv_url" in status.json()
-    _validate(api_schema, "GET", "/status/{request_id}", status)
+    await webhook.wait(timeout=30)
+    [delivery] = webhook.deliveries
+    served = (await _get(OPENAPI_URL)).json()
+    component(served, "WebhookPayload").validate(delivery.json)
+    assert delivery.json["progress"] == final["progress"]
 
     detail = await _get(f"{API}/requests/{request_id}")
-    assert detail.status_code == 200, detail.text
     assert detail.json()["webhook"]["state"] == "delivered"
     _validate(api_schema, "GET", "/requests/{request_id}", detail)
 
@@ -203,11 +269,19 @@ async def test_real_answers_match_the_document(
         _validate(api_schema, "GET", path, unknown)
         _validate(api_schema, "GET", path, malformed)
 
+    health = await _get(f"{API}/healthz")
+    assert health.status_code == 200
+    _validate(api_schema, "GET", "/healthz", health)
+
+    scraped = await _get(f"{API}/metrics")
+    assert scraped.status_code == 200 and 'pixpress_uploads_total{outcome="accepted"}' in scraped.text
+    _validate(api_schema, "GET", "/metrics", scraped)
+
 
 async def test_refusals_match_the_document(api_schema: Any):
     url = f"{API}/upload"
     header = "Serial Number,Product Name,Input Image Urls\n"
-    cases = [
+    cases: list[tuple[int, dict[str, Any]]] = [
         (400, {"files": {"file": ("a.csv", header + ",x,ftp://a.example/1.jpg\n", "text/csv")}}),
         (400, {"files": {"other": ("a.csv", header, "text/csv")}}),
         (415, {"data": header, "headers": {"Content-Type": "text/csv"}}),
@@ -224,26 +298,24 @@ async def test_refusals_match_the_document(api_schema: Any):
     _validate(api_schema, "POST", "/upload", first)
 
 
-async def test_docs_page_is_self_contained_and_covers_every_operation(stack: str, http: aiohttp.ClientSession):
-    async with http.get(OPENAPI_URL) as response:
-        spec = await response.json()
+async def test_docs_page_is_swagger_ui_served_from_this_server(stack: str, http: aiohttp.ClientSession):
     async with http.get(f"{API}/docs") as response:
         assert response.status == 200
         assert response.content_type == "text/html"
+        assert "script-src 'self'" in response.headers["Content-Security-Policy"]
         page = await response.text()
-    assert page.startswith("<!doctype html>")
-    # nothing fetched from elsewhere: no scripts, stylesheets, images, fonts or frames by URL
-    assert not re.search(r"<(script|link|img|iframe)\b", page, re.IGNORECASE)
+    # nothing fetched from elsewhere: every script and stylesheet is a path on this server
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page, re.IGNORECASE)
-    assert "@import" not in page and "url(" not in page
-    for path, item in spec["paths"].items():
-        for method, operation in item.items():
-            if method == "parameters":
-                continue
-            assert f'<span class="m {method}">{method}</span>{path}' in page, (method, path)
-            assert operation["summary"] in page.replace("&#x27;", "'")
-    for name in spec["components"]["schemas"]:
-        assert f'id="schema-{name}"' in page
-    assert "curl -F file=@products.csv" in page
-    assert f"{API}/upload" in page
-    assert str(spec["info"]["x-pixpress-limits"]["max_rows"]) in page
+    loaded = re.findall(r'<(?:script|link)\b[^>]*\b(?:src|href)="([^"]+)"', page)
+    assert "/docs/assets/swagger-ui-bundle.js" in loaded and "/docs/assets/swagger-ui.css" in loaded, loaded
+    for path in loaded:
+        async with http.get(API + path) as asset:
+            assert asset.status == 200, path
+            body = await asset.read()
+        if path.startswith("/docs/assets/"):  # the package's own files, unchanged
+            assert body == (Path(swagger_ui_path) / path.rsplit("/", 1)[1]).read_bytes(), path
+        else:
+            assert b"/openapi.json" in body and b"SwaggerUIBundle" in body and b"X-API-Key" in body
+            assert not re.search(rb"https?://", body)
+    async with http.get(f"{API}/docs/assets/index.html") as other:
+        assert other.status == 404  # only the files the page loads are served

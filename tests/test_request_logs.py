@@ -17,10 +17,10 @@ from collections import Counter
 
 import aiohttp
 
+from testkit.stack import REPO
 from tests.support.client import csv_text, upload, wait_final
 from tests.support.photos import photo_as_jpeg
 from tests.support.servers import ImageHost, WebhookReceiver
-from tests.support.stack import REPO
 
 IMAGE_EVENTS = ("image_done", "image_failed")
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.faults  # heavy: keeps the whole stack busy for a while
 
 ROWS = 5_000
 URLS_PER_ROW = 2
-RSS_BOUND_MB = 350  # per service process; stated in the README
+RSS_BOUND_MB = 350  # per service process; stated in docs/architecture.md
 
 
 async def sample_rss(peaks: dict[str, float], stop: asyncio.Event) -> None:

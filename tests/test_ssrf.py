@@ -24,12 +24,12 @@ from pymongo import AsyncMongoClient
 from shared.messages import ImageResult, ImageTask, Progress, RequestFinished, RequestStatus, RoutingKey
 from shared.settings import Settings
 from shared.timeutil import utcnow
+from testkit.stack import service_env
 from tests.support.apps import serve_api
 from tests.support.guarded import guarded_services
 from tests.support.photos import photo_bytes
 from tests.support.servers import ImageHost, WebhookReceiver
 from tests.support.spellings import FULLWIDTH, IDEOGRAPHIC, LOOPBACK_SPELLINGS, spelled
-from tests.support.stack import service_env
 
 # --- upload: CSV cells and webhook_url, on an ingest app with the guard on -------------------------------
 
@@ -88,14 +88,12 @@ async def test_guarded_compressor_fails_a_refused_image_at_once_without_fetching
 ):
     url = spelled(image_host.add("a.jpg", photo_bytes("rocket.jpg")), host)
     task = ImageTask(request_id=str(uuid.uuid4()), product_id="p", row=1, index=0, url=url)
-    started = time.monotonic()
     await guarded.publish(RoutingKey.IMAGE_TODO, task)
     result = ImageResult.model_validate_json(await guarded.take("aggregator.results"))
     assert result.request_id == task.request_id
-    assert not result.ok
+    assert not result.ok and result.error is not None
     assert "not allowed" in result.error or "non-ASCII" in result.error, result.error
     assert "after" not in result.error  # "(after N attempts)" would mean it was retried as transient
-    assert time.monotonic() - started < 10  # the first retry alone would wait >= PIXPRESS_RETRY_BASE_DELAY_MS
     assert image_host.hits["a.jpg"] == 0
 
 

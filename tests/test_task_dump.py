@@ -13,9 +13,10 @@ import signal
 
 import pytest
 
+from testkit.stack import STATE
 from tests.support import stack
 
-LOGS = stack.STATE / "logs"
+LOGS = STATE / "logs"
 
 
 def new_log_records(path: os.PathLike[str], offset: int) -> list[dict]:

@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from services.ingest.csv_parser import url_problem
-from shared.url_guard import BlockedAddressError, check_url
+from shared.url_guard import BlockedAddressError, address_blocked, check_url
+
+pytestmark = pytest.mark.pure  # no server of the stack: `make test-fast` runs it
 
 # --- the oracle: where would aiohttp connect for this string? ----------------------------------------------
 
@@ -63,7 +65,7 @@ def connect_target(url: str) -> str | None:
         info = socket.getaddrinfo(host, 80, flags=socket.AI_NUMERICHOST, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
         return None
-    return info[0][4][0]
+    return str(info[0][4][0])
 
 
 # --- the strategies --------------------------------------------------------------------------------------
@@ -258,3 +260,26 @@ def test_allow_private_opens_the_guard_but_still_needs_an_http_url():
     assert check_url("http://127.0.0.1:8999/a", allow_private=True).raw_host == "127.0.0.1"
     with pytest.raises(BlockedAddressError):
         check_url("file:///etc/passwd", allow_private=True)
+
+
+@pytest.mark.parametrize(
+    ("address", "blocked"),
+    [
+        ("127.0.0.1", True),
+        ("10.1.2.3", True),
+        ("172.16.0.1", True),
+        ("192.168.1.1", True),
+        ("169.254.169.254", True),
+        ("100.64.0.1", True),
+        ("224.0.0.1", True),
+        ("0.0.0.0", True),
+        ("::1", True),
+        ("fe80::1", True),
+        ("fc00::1", True),
+        ("::ffff:127.0.0.1", True),
+        ("8.8.8.8", False),
+        ("2606:4700:4700::1111", False),
+    ],
+)
+def test_which_address_ranges_are_blocked(address: str, blocked: bool):
+    assert address_blocked(address) is blocked

@@ -5,8 +5,8 @@ Order matters for crash safety:
 2. a conditional update moves the request from Processing to its final status *and* sets ``outbox_pending``
    in the same document write, so only one writer ever wins and the intent to notify is durable;
 3. the winner publishes ``request.finished`` with a confirm and clears ``outbox_pending``.
-A crash between 2 and 3 leaves ``outbox_pending`` set; the sweeper republishes it (the notifier keeps one
-``webhook-id`` per request, so a duplicate is recognisable downstream).
+A crash between 2 and 3 leaves ``outbox_pending`` set; the sweeper republishes it. Steps 2 and 3 are the rules of
+:mod:`shared.lifecycle`, which ingest's fan-out follows too when a CSV cannot be processed.
 """
 
 from __future__ import annotations
@@ -17,17 +17,14 @@ from typing import Any
 import structlog
 
 from services.aggregator.output_csv import join_results, write_output_csv
-from shared import metrics
 from shared.broker import Broker
-from shared.database import Database, finished_fields
+from shared.database import Database
+from shared.lifecycle import end_request, is_open, publish_outbox
 from shared.locks import KeyedLocks
-from shared.messages import Progress, RequestFinished, RequestStatus, RoutingKey
+from shared.messages import RequestStatus
 from shared.storage import Storage
-from shared.timeutil import utcnow
 
 log = structlog.get_logger()
-
-_OPEN = [RequestStatus.QUEUED.value, RequestStatus.PROCESSING.value]
 
 
 def output_csv_key(request_id: str) -> str:
@@ -53,7 +50,7 @@ class Finisher:
         reads every result of the request) can be skipped.
         """
         request = await self.db.requests.find_one({"_id": request_id})
-        if request is None or request["status"] not in _OPEN or not request.get("fanout_complete"):
+        if request is None or not is_open(request["status"]) or not request.get("fanout_complete"):
             return False
         if not counted_complete:
             settled = await self.db.results.count_documents({"request_id": request_id})
@@ -90,29 +87,21 @@ class Finisher:
         status = RequestStatus.COMPLETED if summary.images_done > 0 else RequestStatus.FAILED
         error = None if status is RequestStatus.COMPLETED else "no image could be processed; see the errors column"
         bytes_in, bytes_out = await self._bytes(request_id)
-        now = utcnow()
-        won = await self.db.requests.update_one(
-            {"_id": request_id, "status": {"$in": _OPEN}},
-            {
-                "$set": {
-                    "status": status.value,
-                    "output_csv_url": output_url,
-                    "error": error,
-                    "images_done": summary.images_done,
-                    "images_failed": summary.images_failed,
-                    "bytes_in": bytes_in,
-                    "bytes_out": bytes_out,
-                    "updated_at": now,
-                    **finished_fields(now),
-                    "outbox_pending": True,
-                }
-            },
+        won = await end_request(
+            self.db,
+            request,
+            status,
+            error=error,
+            output_csv_url=output_url,
+            images_done=summary.images_done,
+            images_failed=summary.images_failed,
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
         )
-        if won.modified_count == 0:
+        if not won:
             log.info("finish_lost_race", request_id=request_id)
             return
         await self.db.progress.delete_one({"_id": request_id})  # the exact counts now live in the request
-        metrics.request_finished(status.value, request["created_at"], now)
         log.info(
             "request_finished",
             request_id=request_id,  # explicit: the sweeper and a batch of several requests call this too
@@ -121,31 +110,9 @@ class Finisher:
             images_failed=summary.images_failed,
             output_bytes=size,
         )
-        await self._publish_outbox_locked(request_id)
+        await publish_outbox(self.db, self.broker, request_id)
 
     async def publish_outbox(self, request_id: str) -> None:
-        """Publish the completion event recorded in the request, then clear the outbox flag."""
+        """The sweeper's way to publish what a crash left in the outbox, under the request's lock."""
         async with self.locks.hold(request_id):
-            await self._publish_outbox_locked(request_id)
-
-    async def _publish_outbox_locked(self, request_id: str) -> None:
-        request = await self.db.requests.find_one({"_id": request_id})
-        if request is None or not request.get("outbox_pending"):
-            return
-        event = RequestFinished(
-            request_id=request_id,
-            status=RequestStatus(request["status"]),
-            output_csv_url=request.get("output_csv_url"),
-            error=request.get("error"),
-            progress=Progress(
-                products_total=request.get("products_total", 0),
-                images_total=request.get("images_total", 0),
-                images_done=request.get("images_done", 0),
-                images_failed=request.get("images_failed", 0),
-                bytes_in=request.get("bytes_in", 0),
-                bytes_out=request.get("bytes_out", 0),
-            ),
-            finished_at=request.get("finished_at") or utcnow(),
-        )
-        await self.broker.publish(RoutingKey.REQUEST_FINISHED, event, message_id=request_id)
-        await self.db.requests.update_one({"_id": request_id}, {"$set": {"outbox_pending": False}})
+            await publish_outbox(self.db, self.broker, request_id)

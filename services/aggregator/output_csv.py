@@ -11,7 +11,7 @@ import io
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from shared.csv_format import ERRORS, INPUT_URLS, NAME, OUTPUT_URLS, SERIAL, neutralise
 
@@ -74,9 +74,10 @@ async def join_results(
 
 async def write_output_csv(
     rows: AsyncIterator[tuple[dict[str, Any], Slots]], extra_columns: list[str]
-) -> tuple[tempfile.SpooledTemporaryFile, int, OutputSummary]:
+) -> tuple[BinaryIO, int, OutputSummary]:
     """Returns the spooled file rewound to the start, its size, and exact image counts."""
-    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 - the caller closes it
+    # a binary file in memory up to SPOOL_BYTES, then on disk (typeshed's SpooledTemporaryFile is not a BinaryIO)
+    spool = cast(BinaryIO, tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES))  # noqa: SIM115 - the caller closes it
     text = io.TextIOWrapper(spool, encoding="utf-8", newline="", write_through=True)
     writer = csv.writer(text)
     writer.writerow(output_header(extra_columns))

@@ -29,7 +29,7 @@ import structlog
 from pymongo.asynchronous.collection import AsyncCollection
 
 from shared.database import IDS_PER_QUERY, Database
-from shared.messages import RequestStatus
+from shared.lifecycle import FINAL_STATUSES
 from shared.storage import Storage
 from shared.timeutil import hour_key, hour_keys, next_hour, previous_hour, utcnow
 
@@ -39,7 +39,6 @@ CURSOR_ID = "cursor"
 PASS_BUDGET = 20_000  # documents and objects per pass: at the default 30 s sweep, ~2.4 million an hour at most
 HOURS_PER_QUERY = 1000
 REQUESTS_PER_QUERY = 100
-_FINAL = [RequestStatus.COMPLETED.value, RequestStatus.FAILED.value]
 _REQUEST_FIELDS = {"_id": 1, "idempotency_key": 1}
 
 
@@ -200,7 +199,7 @@ class Retention:
         """
         oldest = hour_key(utcnow())
         tagged = 0
-        for status in _FINAL:
+        for status in FINAL_STATUSES:
             cursor = self.db.requests.find(
                 {"status": status}, projection={"finished_hour": 1, "finished_at": 1, "updated_at": 1}
             )

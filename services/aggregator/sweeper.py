@@ -27,14 +27,11 @@ from services.aggregator.retention import Retention
 from shared import metrics
 from shared.broker import Broker
 from shared.database import Database
-from shared.messages import ImageTask, RequestAccepted, RequestStatus, RoutingKey
+from shared.lifecycle import OPEN_REQUESTS, OUTBOX_PENDING, progress_of
+from shared.messages import ImageTask, RequestAccepted, RoutingKey
 from shared.timeutil import utcnow
 
 log = structlog.get_logger()
-
-
-OUTBOX_PENDING = {"outbox_pending": True}
-OPEN_REQUESTS = {"status": {"$in": [RequestStatus.QUEUED.value, RequestStatus.PROCESSING.value]}}
 
 
 class Sweeper:
@@ -97,7 +94,7 @@ class Sweeper:
         index selected), so for a large request it is too dear to run for every open request on every sweep.
         """
         progress = await self.db.progress.find_one({"_id": request_id}) or {}
-        settled = progress.get("images_done", 0) + progress.get("images_failed", 0)
+        settled = progress_of(progress).images_settled
         last = progress.get("updated_at")
         quiet = last is None or last < quiet_since
         if settled < images_total and not quiet:

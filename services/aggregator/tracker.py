@@ -16,17 +16,16 @@ from collections import defaultdict
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from pymongo import ReturnDocument
-from pymongo.errors import BulkWriteError
 
 from services.aggregator.batcher import Batcher
 from services.aggregator.finisher import Finisher
 from shared import metrics
-from shared.database import Database, result_id
+from shared.database import Database, insert_new, result_id
+from shared.lifecycle import progress_of
 from shared.messages import ImageResult
 from shared.timeutil import utcnow
 
 log = structlog.get_logger()
-_DUPLICATE_KEY = 11000
 
 
 def result_document(result: ImageResult) -> dict:
@@ -68,14 +67,7 @@ class ResultTracker:
                 await self._record(request_id, batch)
 
     async def _record(self, request_id: str, batch: list[ImageResult]) -> None:
-        duplicates: set[int] = set()
-        try:
-            await self.db.results.insert_many([result_document(r) for r in batch], ordered=False)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if any(error.get("code") != _DUPLICATE_KEY for error in errors):
-                raise
-            duplicates = {error["index"] for error in errors}
+        duplicates = await insert_new(self.db.results, [result_document(r) for r in batch])
         fresh = [r for i, r in enumerate(batch) if i not in duplicates]
         metrics.results_recorded(ok=sum(r.ok for r in fresh), failed=sum(not r.ok for r in fresh))
         if duplicates:
@@ -96,8 +88,8 @@ class ResultTracker:
                 upsert=True,
                 return_document=ReturnDocument.AFTER,  # no projection: FerretDB 1.x findAndModify rejects "fields"
             )
-            settled = progress.get("images_done", 0) + progress.get("images_failed", 0)
-            if total is not None and settled >= total:
+            assert progress is not None  # an upsert returning the document AFTER always has one
+            if total is not None and progress_of(progress).images_settled >= total:
                 await self.finisher.finish_if_complete_locked(request_id, counted_complete=True)
                 return
         if duplicates and total is not None:

@@ -182,7 +182,9 @@ def _to_8bit_colour(image: Image.Image, icc: bytes | None) -> tuple[Image.Image,
         if icc:
             try:
                 source_profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-                return ImageCms.profileToProfile(image, source_profile, _SRGB, outputMode="RGB"), None
+                converted = ImageCms.profileToProfile(image, source_profile, _SRGB, outputMode="RGB")
+                if converted is not None:  # None only with inPlace=True
+                    return converted, None
             except (ImageCms.PyCMSError, OSError):
                 pass
         return image.convert("RGB"), None
@@ -207,8 +209,8 @@ def _to_8bit_colour(image: Image.Image, icc: bytes | None) -> tuple[Image.Image,
 def _is_16bit(image: Image.Image) -> bool:
     if image.mode.startswith("I;16"):
         return True
-    extrema = image.getextrema()
-    return isinstance(extrema, tuple) and extrema[1] > 255
+    _low, high = image.getextrema()  # a single-band mode: two numbers
+    return isinstance(high, int | float) and high > 255
 
 
 def _palette_transparent(image: Image.Image) -> bool:
@@ -218,7 +220,6 @@ def _palette_transparent(image: Image.Image) -> bool:
 def _has_transparency(image: Image.Image) -> bool:
     """True when at least one pixel is not fully opaque (an all-opaque alpha channel does not count)."""
     if image.mode in ("RGBA", "LA"):
-        alpha = image.getchannel("A")
-        low, _high = alpha.getextrema()
-        return low < 255
+        low, _high = image.getchannel("A").getextrema()
+        return isinstance(low, int | float) and low < 255
     return "transparency" in image.info

@@ -15,7 +15,7 @@ from services.compressor.compress import Compressed, ImageRejected, compress
 from services.compressor.download import DownloadError, DownloadLimits, download
 from shared import metrics
 from shared.broker import DELIVERY_LIMIT, Broker, delivery_count
-from shared.messages import ImageResult, ImageTask, RoutingKey
+from shared.messages import ImageTask, RoutingKey
 from shared.reasons import short_reason
 from shared.storage import Storage
 
@@ -111,20 +111,14 @@ class CompressorWorker:
             return
         key = output_key(task, result.extension)
         await metrics.timed("store", self.storage.put_bytes(key, result.data, result.content_type))
-        await metrics.timed("publish", self.broker.publish(
-            RoutingKey.IMAGE_DONE,
-            ImageResult(
-                request_id=task.request_id,
-                product_id=task.product_id,
-                row=task.row,
-                index=task.index,
-                ok=True,
-                output_url=self.storage.public_url(key),
-                bytes_in=len(data),
-                bytes_out=len(result.data),
-                codec=result.codec,
-            ),
-        ))
+        done = task.settled(
+            ok=True,
+            output_url=self.storage.public_url(key),
+            bytes_in=len(data),
+            bytes_out=len(result.data),
+            codec=result.codec,
+        )
+        await metrics.timed("publish", self.broker.publish(RoutingKey.IMAGE_DONE, done))
         metrics.image_ok(len(data), len(result.data), result.codec)
         log.info("image_done", bytes_in=len(data), bytes_out=len(result.data), format=result.format, codec=result.codec)
 
@@ -132,18 +126,8 @@ class CompressorWorker:
         failure = metrics.failure_reason(reason)  # from the whole text: shortening may cut what tells it apart
         reason = short_reason(reason)  # it may quote a remote server or the file: one printable line, no markup
         log.info("image_failed", reason=reason, failure=failure)
-        await metrics.timed("publish", self.broker.publish(
-            RoutingKey.IMAGE_DONE,
-            ImageResult(
-                request_id=task.request_id,
-                product_id=task.product_id,
-                row=task.row,
-                index=task.index,
-                ok=False,
-                error=reason,
-                bytes_in=bytes_in,
-            ),
-        ))
+        failed = task.settled(ok=False, error=reason, bytes_in=bytes_in)
+        await metrics.timed("publish", self.broker.publish(RoutingKey.IMAGE_DONE, failed))
         metrics.image_failed(failure)
 
 

@@ -1,47 +1,48 @@
-"""The HTTP API: routes, API-key middleware and the read-only views over MongoDB."""
+"""The HTTP API: handlers for the routes of services/ingest/routes.py, the API-key middleware and the read-only
+views over MongoDB. Every body is a model of shared/api_models.py."""
 
 from __future__ import annotations
 
 import hmac
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
-from services.ingest.docs_page import render_docs
-from services.ingest.openapi import DOCS_PATH, OPENAPI_PATH, build_openapi
-from services.ingest.problems import Handler, problem, problem_error, problem_middleware
-from services.ingest.records import product_view, status_view, webhook_view
+from services.ingest import routes
+from services.ingest.docs import OPEN_RESOURCES, docs_routes
+from services.ingest.openapi import Operation, build_openapi
+from services.ingest.problems import Handler, problem, problem_middleware, request_id_error
+from services.ingest.records import product_view, request_detail, status_view
 from services.ingest.upload import UploadHandler
+from shared.api_models import ProductsPage, json_body
 from shared.database import Database, find_by_ids, product_id, result_id
 from shared.metrics import count_uploads
 from shared.runtime import HealthCheck, health_routes
 from shared.settings import Settings
 
-# the documents describe every route and limit, so they need the key too; only the health probe and the metrics
-# (which Prometheus scrapes without headers) are open
-_OPEN_PATHS = frozenset({"/healthz", "/metrics"})
-_DOCS_HINT = (
-    "a valid X-API-Key header is required; a browser cannot send one by itself: "
-    f"curl -H 'X-API-Key: ...' <server>{DOCS_PATH} > pixpress-docs.html, then open the file"
-)
-MAX_PAGE = 500
+# Served without the key: the operations the route table marks open (the health probe, the metrics Prometheus
+# scrapes, the docs page; docs/security.md says why each) and the docs page's own files (services/ingest/docs.py)
+_OPEN_RESOURCES = frozenset(operation.path for operation in routes.OPERATIONS if operation.open) | OPEN_RESOURCES
 _INTEGER = re.compile(r"-?[0-9]{1,19}")
-MAX_OFFSET = 2**31 - 1  # larger skips overflow MongoDB's 64-bit integers (a 500); no request has that many rows
 
-def api_key_middleware(settings: Settings) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """With ``PIXPRESS_API_KEY`` set every route but the health check needs ``X-API-Key`` (the OpenAPI document
-    and ``/docs`` included); unset, all is open."""
+
+def api_key_middleware(settings: Settings) -> Middleware:
+    """With ``PIXPRESS_API_KEY`` set every route but the open ones (health, metrics, the docs shell) needs
+    ``X-API-Key``, the OpenAPI document included; unset, all is open. Decided on the route that matched, never on
+    the raw path."""
     expected = settings.api_key.get_secret_value().encode() if settings.api_key else None
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if expected is not None and request.path not in _OPEN_PATHS:
+        resource = request.match_info.route.resource
+        is_open = resource is not None and resource.canonical in _OPEN_RESOURCES
+        if expected is not None and not is_open:
             given = request.headers.get("X-API-Key", "").encode()
             if not hmac.compare_digest(given, expected):
-                detail = _DOCS_HINT if request.path == DOCS_PATH else "a valid X-API-Key header is required"
-                return problem(401, "unauthorized", "Unauthorized", detail)
+                return problem(401, "unauthorized", "Unauthorized", "a valid X-API-Key header is required")
         return await handler(request)
 
     return middleware
@@ -54,9 +55,7 @@ def _request_id(request: web.Request) -> str:
     except ValueError:
         # problem+json like every other refusal; `error` is the seed's member, kept for its clients
         message = "malformed request id; expected a UUID"
-        raise problem_error(
-            web.HTTPBadRequest, "malformed-request-id", "Malformed request id", message, error=message
-        ) from None
+        raise request_id_error(web.HTTPBadRequest, "malformed-request-id", "Malformed request id", message) from None
 
 
 class ReadViews:
@@ -68,21 +67,20 @@ class ReadViews:
         document = await self.db.requests.find_one({"_id": request_id})
         if document is None:
             message = f"request {request_id} not found"
-            raise problem_error(web.HTTPNotFound, "unknown-request", "Unknown request id", message, error=message)
+            raise request_id_error(web.HTTPNotFound, "unknown-request", "Unknown request id", message)
         return document
 
-    async def _status(self, document: dict) -> dict:
-        live = await self.db.progress.find_one({"_id": document["_id"]})
-        return status_view(document, live)
+    async def _live(self, document: dict[str, Any]) -> dict[str, Any] | None:
+        return await self.db.progress.find_one({"_id": document["_id"]})
 
     async def status(self, request: web.Request) -> web.Response:
-        return web.json_response(await self._status(await self._load(request)))
+        document = await self._load(request)
+        return web.json_response(json_body(status_view(document, await self._live(document))))
 
     async def detail(self, request: web.Request) -> web.Response:
         document = await self._load(request)
-        body = await self._status(document)
-        body["webhook"] = webhook_view(document, await self.db.webhooks.find_one({"_id": document["_id"]}))
-        return web.json_response(body)
+        deliveries = await self.db.webhooks.find_one({"_id": document["_id"]})
+        return web.json_response(json_body(request_detail(document, await self._live(document), deliveries)))
 
     async def products(self, request: web.Request) -> web.Response:
         """One page of products by key: ``offset`` k means rows k+1 .. k+limit.
@@ -97,8 +95,9 @@ class ReadViews:
         if not (_INTEGER.fullmatch(raw_offset) and _INTEGER.fullmatch(raw_limit)):  # int() also takes "1_0", " ٣"
             return problem(400, "bad-paging", "Bad paging", "offset and limit must be integers")
         offset, limit = int(raw_offset), int(raw_limit)
-        if not (0 <= offset <= MAX_OFFSET) or not (1 <= limit <= MAX_PAGE):
-            return problem(400, "bad-paging", "Bad paging", f"0 <= offset <= {MAX_OFFSET} and 1 <= limit <= {MAX_PAGE}")
+        if not (0 <= offset <= routes.MAX_OFFSET) or not (1 <= limit <= routes.MAX_PAGE):
+            detail = f"0 <= offset <= {routes.MAX_OFFSET} and 1 <= limit <= {routes.MAX_PAGE}"
+            return problem(400, "bad-paging", "Bad paging", detail)
         request_id = document["_id"]
         total = document.get("products_total", 0)
         rows = range(offset + 1, min(offset + limit, total) + 1)
@@ -112,12 +111,16 @@ class ReadViews:
         by_row: dict[int, list[dict]] = {}
         for result in await find_by_ids(self.db.results, slots):
             by_row.setdefault(result["row"], []).append(result)
-        items = [product_view(product, by_row.get(product["row"], [])) for product in products]
-        body: dict = {"request_id": request_id, "offset": offset, "limit": limit, "total": total, "items": items}
         following = products[-1]["row"] if products else offset  # rows the fan-out has not stored yet come again
-        if following < total:
-            body["next"] = f"/requests/{request_id}/products?offset={following}&limit={limit}"
-        return web.json_response(body)
+        page = ProductsPage(
+            request_id=request_id,
+            offset=offset,
+            limit=limit,
+            total=total,
+            items=[product_view(product, by_row.get(product["row"], [])) for product in products],
+            next=f"/requests/{request_id}/products?offset={following}&limit={limit}" if following < total else None,
+        )
+        return web.json_response(json_body(page))
 
     async def output_csv(self, request: web.Request) -> web.Response:
         document = await self._load(request)
@@ -132,18 +135,14 @@ class ReadViews:
         raise web.HTTPFound(url)
 
 
-def docs_routes(settings: Settings) -> list[web.RouteDef]:
-    """``GET /openapi.json`` and ``GET /docs``, both built once from the settings this server runs with."""
-    spec = build_openapi(settings)
+def openapi_route(settings: Settings) -> web.RouteDef:
+    """``GET /openapi.json``, built once from the settings this server runs with."""
+    document = build_openapi(routes.OPERATIONS, settings, title="pixpress API", description=routes.ABOUT)
 
     async def openapi_json(_request: web.Request) -> web.Response:
-        return web.json_response(spec)
+        return web.json_response(document)
 
-    async def docs(request: web.Request) -> web.Response:
-        base_url = f"{request.scheme}://{request.host}"
-        return web.Response(text=render_docs(spec, base_url), content_type="text/html")
-
-    return [web.get(OPENAPI_PATH, openapi_json), web.get(DOCS_PATH, docs)]
+    return web.get(routes.OPENAPI_PATH, openapi_json)
 
 
 def build_app(settings: Settings, db: Database, upload: UploadHandler, check: HealthCheck) -> web.Application:
@@ -152,15 +151,13 @@ def build_app(settings: Settings, db: Database, upload: UploadHandler, check: He
         client_max_size=settings.max_csv_bytes + 65536,
     )
     views = ReadViews(db)
-    app.add_routes(
-        [
-            web.post("/upload", upload.__call__),  # a bound coroutine method: aiohttp deprecates other callables
-            web.get("/status/{request_id}", views.status),
-            web.get("/requests/{request_id}", views.detail),
-            web.get("/requests/{request_id}/products", views.products),
-            web.get("/requests/{request_id}/output.csv", views.output_csv),
-            *health_routes(check),
-            *docs_routes(settings),
-        ]
-    )
+    handlers: list[tuple[Operation, Handler]] = [
+        (routes.UPLOAD, upload.__call__),  # a bound coroutine method: aiohttp deprecates other callables
+        (routes.STATUS, views.status),
+        (routes.DETAIL, views.detail),
+        (routes.PRODUCTS, views.products),
+        (routes.OUTPUT_CSV, views.output_csv),
+    ]
+    app.add_routes(web.route(operation.method, operation.path, handler) for operation, handler in handlers)
+    app.add_routes([*health_routes(check), openapi_route(settings), *docs_routes()])
     return app

@@ -16,18 +16,17 @@ from typing import Any
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
-from pymongo.errors import BulkWriteError
 
 from services.ingest.csv_parser import CsvReader, Limits, ProductRow, RowProblem
-from services.ingest.records import product_document, utcnow
-from shared import metrics
+from services.ingest.records import product_document
 from shared.broker import Broker
-from shared.database import Database, finished_fields, product_id
-from shared.messages import ImageTask, Progress, RequestAccepted, RequestFinished, RequestStatus, RoutingKey
+from shared.database import Database, insert_new, product_id
+from shared.lifecycle import end_request, is_open, publish_outbox
+from shared.messages import ImageTask, RequestAccepted, RequestStatus, RoutingKey
 from shared.storage import Storage
+from shared.timeutil import utcnow
 
 log = structlog.get_logger()
-_DUPLICATE_KEY = 11000
 
 
 class CsvUnprocessable(Exception):
@@ -60,7 +59,7 @@ class FanOut:
         if request is None:
             log.warning("fanout_unknown_request")
             return
-        if request["status"] not in (RequestStatus.QUEUED.value, RequestStatus.PROCESSING.value):
+        if not is_open(request["status"]):
             log.info("fanout_skipped_final", status=request["status"])
             return
         await self.db.requests.update_one(
@@ -128,11 +127,7 @@ class FanOut:
         fresh = [row for row in batch if row.row > cursor]
         if not fresh:
             return  # stored and published before a crash
-        try:
-            await self.db.products.insert_many([product_document(request_id, row) for row in fresh], ordered=False)
-        except BulkWriteError as exc:
-            if any(error.get("code") != _DUPLICATE_KEY for error in exc.details.get("writeErrors", [])):
-                raise
+        await insert_new(self.db.products, [product_document(request_id, row) for row in fresh])
 
     async def _publish(self, request_id: str, batch: list[ProductRow], cursor: int) -> None:
         fresh = [row for row in batch if row.row > cursor]
@@ -154,31 +149,7 @@ class FanOut:
 
     async def _fail(self, request: dict[str, Any], reason: str) -> None:
         """The CSV is unusable: the request ends Failed, once, and the notifier hears about it."""
-        now = utcnow()
-        result = await self.db.requests.update_one(
-            {"_id": request["_id"], "status": {"$in": [RequestStatus.QUEUED.value, RequestStatus.PROCESSING.value]}},
-            {
-                "$set": {
-                    "status": RequestStatus.FAILED.value,
-                    "error": reason,
-                    "updated_at": now,
-                    **finished_fields(now),
-                    "outbox_pending": True,
-                }
-            },
-        )
+        ended = await end_request(self.db, request, RequestStatus.FAILED, error=reason)
         log.error("fanout_failed", reason=reason)
-        if result.modified_count:
-            metrics.request_finished(RequestStatus.FAILED.value, request["created_at"], now)
-            await self.broker.publish(
-                RoutingKey.REQUEST_FINISHED,
-                RequestFinished(
-                    request_id=request["_id"],
-                    status=RequestStatus.FAILED,
-                    error=reason,
-                    progress=Progress(),
-                    finished_at=now,
-                ),
-                message_id=request["_id"],
-            )
-            await self.db.requests.update_one({"_id": request["_id"]}, {"$set": {"outbox_pending": False}})
+        if ended:
+            await publish_outbox(self.db, self.broker, request["_id"])

@@ -4,59 +4,33 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
 
-PROBLEM_TYPE_BASE = "https://pixpress.dev/problems/"
+from shared.api_models import Problem, RequestIdProblem, json_body
+
 PROBLEM_JSON = "application/problem+json"
 _KEPT_HEADERS = ("Allow",)  # what a 405 must still say
 
 log = structlog.get_logger()
 
 
-def problem(
-    status: int,
-    slug: str,
-    title: str,
-    detail: str,
-    errors: Sequence[dict[str, object]] | None = None,
-    **extra: object,
-) -> web.Response:
-    return web.json_response(
-        problem_body(status, slug, title, detail, errors, **extra),
-        status=status,
-        content_type=PROBLEM_JSON,
-    )
+def problem(status: int, slug: str, title: str, detail: str, **members: object) -> web.Response:
+    """A refusal as ``application/problem+json``; ``members`` are the extension fields of
+    :class:`~shared.api_models.Problem` (``errors``, ``row_numbering``, ``limit_bytes``)."""
+    return problem_response(Problem.of(status, slug, title, detail, **members))
 
 
-def problem_error(
-    error_class: type[web.HTTPError], slug: str, title: str, detail: str, **extra: object
-) -> web.HTTPError:
-    """The same body as an exception, for code that must abort a handler from a helper."""
-    body = problem_body(error_class.status_code, slug, title, detail, **extra)
-    return error_class(text=json.dumps(body), content_type=PROBLEM_JSON)
+def problem_response(body: Problem) -> web.Response:
+    return web.json_response(json_body(body), status=body.status, content_type=PROBLEM_JSON)
 
 
-def problem_body(
-    status: int,
-    slug: str,
-    title: str,
-    detail: str,
-    errors: Sequence[dict[str, object]] | None = None,
-    **extra: object,
-) -> dict[str, object]:
-    body: dict[str, object] = {
-        "type": PROBLEM_TYPE_BASE + slug,
-        "title": title,
-        "status": status,
-        "detail": detail,
-    }
-    if errors is not None:
-        body["errors"] = list(errors)
-    body.update(extra)
-    return body
+def request_id_error(error_class: type[web.HTTPError], slug: str, title: str, message: str) -> web.HTTPError:
+    """A refusal about a request id, raised from a helper to abort its handler; carries the seed's ``error``."""
+    body = RequestIdProblem.of(error_class.status_code, slug, title, message, error=message)
+    return error_class(text=json.dumps(json_body(body)), content_type=PROBLEM_JSON)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

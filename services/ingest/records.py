@@ -1,14 +1,24 @@
-"""Shapes of the request and product documents, and their public (JSON) views."""
+"""Shapes of the request and product documents, and their public views (models of shared/api_models.py)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 from services.ingest.csv_parser import ProductRow
+from shared.api_models import (
+    ProductView,
+    ProgressView,
+    RequestDetail,
+    StatusView,
+    WebhookAttempt,
+    WebhookState,
+    WebhookView,
+    webhook_id,
+)
 from shared.database import product_id
-from shared.messages import Progress, RequestStatus
+from shared.lifecycle import is_open, progress_of
+from shared.messages import RequestStatus
 from shared.timeutil import utcnow
 
 
@@ -64,84 +74,57 @@ def product_document(request_id: str, row: ProductRow) -> dict[str, Any]:
     }
 
 
-def progress_of(document: dict[str, Any]) -> Progress:
-    return Progress(
-        products_total=document.get("products_total", 0),
-        images_total=document.get("images_total", 0),
-        images_done=document.get("images_done", 0),
-        images_failed=document.get("images_failed", 0),
-        bytes_in=document.get("bytes_in", 0),
-        bytes_out=document.get("bytes_out", 0),
-    )
-
-
 def _counts(live: dict[str, Any]) -> dict[str, Any]:
     keys = ("images_done", "images_failed", "bytes_in", "bytes_out")
     return {key: live.get(key, 0) for key in keys}
 
 
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.isoformat().replace("+00:00", "Z")
-
-
-def status_view(document: dict[str, Any], live: dict[str, Any] | None) -> dict[str, Any]:
-    """The seed's status body plus additive fields; ``output_csv_url`` only once there is one.
-
-    ``live`` is the aggregator's progress document; once the request is final its exact counts are in the
-    request itself.
-    """
-    final = document["status"] in (RequestStatus.COMPLETED.value, RequestStatus.FAILED.value)
+def _status_fields(document: dict[str, Any], live: dict[str, Any] | None) -> dict[str, Any]:
+    final = not is_open(document["status"])
     progress = progress_of(document if final or not live else {**document, **_counts(live)})
-    updated_at = document.get("updated_at")
-    if live and live.get("updated_at") and (updated_at is None or live["updated_at"] > updated_at):
+    updated_at = document["updated_at"]
+    if live and live.get("updated_at") and live["updated_at"] > updated_at:
         updated_at = live["updated_at"]
-    savings = None
-    if progress.bytes_in:
-        savings = round(100.0 * (1 - progress.bytes_out / progress.bytes_in), 2)
-    view: dict[str, Any] = {
+    failed = document["status"] == RequestStatus.FAILED.value
+    return {
         "request_id": document["_id"],
         "status": document["status"],
-        "created_at": _iso(document.get("created_at")),
-        "updated_at": _iso(updated_at),
-        "progress": {
-            "products_total": progress.products_total,
-            "images_total": progress.images_total,
-            "images_done": progress.images_done,
-            "images_failed": progress.images_failed,
-            "images_settled": progress.images_settled,
-            "percent": progress.percent,
-            "bytes_in": progress.bytes_in,
-            "bytes_out": progress.bytes_out,
-            "savings_percent": savings,
-        },
+        "created_at": document["created_at"],
+        "updated_at": updated_at,
+        "progress": ProgressView.of(progress),
+        "output_csv_url": document.get("output_csv_url") or None,
+        "error": (document.get("error") or "request failed") if failed else None,
     }
-    if document.get("output_csv_url"):
-        view["output_csv_url"] = document["output_csv_url"]
-    if document["status"] == RequestStatus.FAILED.value:
-        view["error"] = document.get("error") or "request failed"
-    return view
 
 
-def webhook_view(document: dict[str, Any], deliveries: dict[str, Any] | None) -> dict[str, Any] | None:
+def status_view(document: dict[str, Any], live: dict[str, Any] | None) -> StatusView:
+    """``live`` is the aggregator's progress document; once the request is final its exact counts are in the
+    request itself."""
+    return StatusView(**_status_fields(document, live))
+
+
+def request_detail(
+    document: dict[str, Any], live: dict[str, Any] | None, deliveries: dict[str, Any] | None
+) -> RequestDetail:
+    return RequestDetail(**_status_fields(document, live), webhook=webhook_view(document, deliveries))
+
+
+def webhook_view(document: dict[str, Any], deliveries: dict[str, Any] | None) -> WebhookView | None:
     """Webhook delivery history; the URL is reduced to scheme and host so tokens in it never leak."""
     url = document.get("webhook_url")
     if not url:
         return None
     parts = urlsplit(url)
     deliveries = deliveries or {}
-    return {
-        "target": f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}",
-        "webhook_id": f"msg_{document['_id']}",
-        "state": deliveries.get("state", "pending"),
-        "attempts": [{**attempt, "at": _iso(attempt.get("at"))} for attempt in deliveries.get("attempts", [])],
-    }
+    return WebhookView(
+        target=f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}",
+        webhook_id=webhook_id(document["_id"]),
+        state=deliveries.get("state", WebhookState.PENDING),
+        attempts=[WebhookAttempt.from_document(attempt) for attempt in deliveries.get("attempts", [])],
+    )
 
 
-def product_view(document: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
+def product_view(document: dict[str, Any], results: list[dict[str, Any]]) -> ProductView:
     """A product with one output slot per input URL, filled from the aggregator's per-image results."""
     count = len(document["input_image_urls"])
     outputs: list[str | None] = [None] * count
@@ -153,13 +136,13 @@ def product_view(document: dict[str, Any], results: list[dict[str, Any]]) -> dic
             outputs[index] = result.get("output_url")
             errors[index] = result.get("error")
             settled += 1
-    return {
-        "row": document["row"],
-        "serial_number": document["serial_number"],
-        "product_name": document["product_name"],
-        "extra": document.get("extra", {}),
-        "input_image_urls": document["input_image_urls"],
-        "output_image_urls": outputs,
-        "image_errors": errors,
-        "pending": count - settled,
-    }
+    return ProductView(
+        row=document["row"],
+        serial_number=document["serial_number"],
+        product_name=document["product_name"],
+        extra=document.get("extra", {}),
+        input_image_urls=document["input_image_urls"],
+        output_image_urls=outputs,
+        image_errors=errors,
+        pending=count - settled,
+    )

@@ -24,6 +24,7 @@ from pymongo.errors import DuplicateKeyError
 from services.ingest.csv_parser import CsvReader, HeaderError, Limits, RowProblem, url_problem
 from services.ingest.problems import problem
 from services.ingest.records import new_request_document
+from shared.api_models import UploadAccepted, json_body
 from shared.broker import Broker
 from shared.database import Database
 from shared.messages import RequestAccepted, RoutingKey
@@ -34,7 +35,6 @@ from shared.timeutil import utcnow
 
 log = structlog.get_logger()
 
-ACCEPTED_MESSAGE = "CSV received and processing started."
 ORPHAN_KEY_AFTER = timedelta(minutes=1)
 _NON_CSV_TYPES = (
     "image/",
@@ -49,11 +49,9 @@ _NON_CSV_TYPES = (
 )
 
 
-def accepted(request_id: str, **extra: object) -> web.Response:
+def accepted(request_id: str, *, replayed: bool = False) -> web.Response:
     """The seed's exact answer, plus additive keys."""
-    return web.json_response(
-        {"message": ACCEPTED_MESSAGE, "request_id": request_id, "status_url": f"/status/{request_id}", **extra}
-    )
+    return web.json_response(json_body(UploadAccepted.of(request_id, replayed=replayed)))
 
 
 class UploadRefused(Exception):

@@ -2,69 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass
 from datetime import datetime
 
 import aiohttp
 from standardwebhooks.webhooks import Webhook
 
+from shared.api_models import WebhookAttempt, WebhookPayload, json_bytes, webhook_id
 from shared.messages import RequestFinished
 from shared.reasons import describe_client_error, short_reason
 from shared.url_guard import BlockedAddressError, check_url, refusal_behind
 
 
-@dataclass(frozen=True)
-class Attempt:
-    """What the notifier records for each try; ``ok`` is a 2xx answer. ``refused``: the SSRF guard refused the
-    URL, which no later attempt can change, so it is not retried."""
-
-    number: int
-    at: datetime
-    ok: bool
-    status_code: int | None
-    error: str | None
-    duration_ms: int
-    refused: bool = False
-
-    def as_document(self) -> dict[str, object]:
-        return {
-            "attempt": self.number,
-            "at": self.at,
-            "ok": self.ok,
-            "status_code": self.status_code,
-            "error": self.error,
-            "duration_ms": self.duration_ms,
-            "refused": self.refused,
-        }
-
-
-def webhook_id(request_id: str) -> str:
-    """Stable across retries and redeliveries so receivers can deduplicate."""
-    return f"msg_{request_id}"
-
-
 def webhook_body(event: RequestFinished) -> bytes:
-    progress = event.progress
-    payload = {
-        "type": "request.finished",
-        "request_id": event.request_id,
-        "status": event.status.value,
-        "output_csv_url": event.output_csv_url,
-        "error": event.error,
-        "progress": {
-            "products_total": progress.products_total,
-            "images_total": progress.images_total,
-            "images_done": progress.images_done,
-            "images_failed": progress.images_failed,
-            "percent": progress.percent,
-            "bytes_in": progress.bytes_in,
-            "bytes_out": progress.bytes_out,
-        },
-        "finished_at": event.finished_at.isoformat().replace("+00:00", "Z"),
-    }
-    return json.dumps(payload, separators=(",", ":")).encode()
+    """The signed bytes: compact JSON of :class:`~shared.api_models.WebhookPayload`."""
+    return json_bytes(WebhookPayload.of(event))
 
 
 def signed_headers(secret: str | None, message_id: str, sent_at: datetime, body: bytes) -> dict[str, str]:
@@ -87,7 +39,7 @@ async def post_webhook(
     secret: str | None,
     allow_private: bool,
     sent_at: datetime,
-) -> Attempt:
+) -> WebhookAttempt:
     body = webhook_body(event)
     headers = signed_headers(secret, webhook_id(event.request_id), sent_at, body)
     started = time.monotonic()
@@ -113,12 +65,12 @@ async def post_webhook(
     ok = status is not None and 200 <= status < 300
     if status is not None and not ok:
         error = f"HTTP {status}"
-    return Attempt(
-        event.attempt,
-        sent_at,
-        ok,
-        status,
-        None if error is None else short_reason(error),
-        duration_ms,
+    return WebhookAttempt(
+        attempt=event.attempt,
+        at=sent_at,
+        ok=ok,
+        status_code=status,
+        error=None if error is None else short_reason(error),
+        duration_ms=duration_ms,
         refused=refusal is not None,
     )

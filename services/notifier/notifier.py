@@ -14,6 +14,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from services.notifier.delivery import post_webhook
 from shared import metrics
+from shared.api_models import WebhookState
 from shared.broker import Broker, PoisonMessage
 from shared.database import Database
 from shared.locks import KeyedLocks
@@ -50,7 +51,7 @@ class Notifier:
         if not url:
             return
         deliveries = await self.db.webhooks.find_one({"_id": event.request_id}, projection={"state": 1})
-        if deliveries is not None and deliveries.get("state") in ("delivered", "dead"):
+        if deliveries is not None and deliveries.get("state") in (WebhookState.DELIVERED, WebhookState.DEAD):
             log.info("webhook_already_settled", state=deliveries["state"])
             return
         attempt = await post_webhook(
@@ -63,10 +64,10 @@ class Notifier:
         )
         # a URL the SSRF guard refuses stays refused: dead at once, with its reason, instead of retried
         last = event.attempt >= self.settings.webhook_max_attempts or attempt.refused
-        state = "delivered" if attempt.ok else ("dead" if last else "retrying")
+        state = WebhookState.DELIVERED if attempt.ok else (WebhookState.DEAD if last else WebhookState.RETRYING)
         await self.db.webhooks.update_one(
             {"_id": event.request_id},
-            {"$push": {"attempts": attempt.as_document()}, "$set": {"state": state}},
+            {"$push": {"attempts": attempt.model_dump()}, "$set": {"state": state.value}},
             upsert=True,
         )
         metrics.webhook_attempted(state)

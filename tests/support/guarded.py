@@ -25,7 +25,7 @@ import aio_pika
 import aiohttp
 
 from shared.messages import Message, RoutingKey
-from tests.support.stack import REPO, STATE, create_vhost, delete_vhost, service_env
+from testkit.stack import REPO, STATE, create_vhost, delete_vhost, service_env
 
 
 def _free_port() -> int:
@@ -42,13 +42,16 @@ class GuardedServices:
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     async def publish(self, routing_key: RoutingKey, message: Message) -> None:
+        await self.publish_raw(routing_key, message.model_dump_json().encode())
+
+    async def publish_raw(self, routing_key: RoutingKey, body: bytes) -> None:
+        """Any bytes, as a producer of another version (or a broken one) might send them."""
         connection = await aio_pika.connect(self.amqp_url)
         async with connection:
             channel = await connection.channel(publisher_confirms=True)
             exchange = await channel.get_exchange("pixpress")
             await exchange.publish(
-                aio_pika.Message(message.model_dump_json().encode(), delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                routing_key=routing_key.value,
+                aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=routing_key.value
             )
 
     async def take(self, queue: str, timeout: float = 30.0) -> bytes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -11,28 +10,31 @@ from dataclasses import dataclass
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from scripts import stackctl
+from shared import metrics
+from testkit.stack import MANAGEMENT, MANAGEMENT_HEADERS, layout, port, services
 from tests.support.client import API
-from tests.support.stack import CONF, MANAGEMENT, MANAGEMENT_HEADERS
+from tests.support.stack import compressor_names
 
-RABBITMQ_METRICS = "http://127.0.0.1:15692/metrics/per-object"
-MINIO_METRICS = "http://127.0.0.1:9000/minio/v2/metrics/cluster"
-_PROGRAM = re.compile(r"^\[program:(?P<name>[^\]]+)\]$")
-_HEALTH_PORT = re.compile(r"\bPIXPRESS_HEALTH_PORT=(?P<port>\d+)\b")
+RABBITMQ_METRICS = f"http://127.0.0.1:{port('RABBITMQ_PROMETHEUS')}/metrics/per-object"
+MINIO_METRICS = f"http://127.0.0.1:{port('MINIO')}/minio/v2/metrics/cluster"
 
 Sample = tuple[str, frozenset[tuple[str, str]]]
 
 
 def endpoints() -> dict[str, str]:
-    """``/metrics`` URL of every pixpress program, read from the supervisord config the stack runs with: ingest on
-    the API, each worker on the health port its command line sets."""
+    """``/metrics`` URL of every pixpress program: ingest on the API, each worker on its health port
+    (scripts/stack.env, the file the stack itself reads; the compressors as supervisord has them configured)."""
     found = {"ingest": f"{API}/metrics"}
-    program = None
-    for line in CONF.read_text().splitlines():
-        if header := _PROGRAM.match(line.strip()):
-            program = header["name"]
-        elif program and line.startswith("command=") and (port := _HEALTH_PORT.search(line)):
-            found[program] = f"http://127.0.0.1:{port['port']}/metrics"
+    for name in [*services(), *compressor_names()]:
+        if name != "ingest":
+            found[name] = f"http://127.0.0.1:{stackctl.health_port(name, layout())}/metrics"
     return found
+
+
+def families_of(service: str) -> set[str]:
+    """The metric families ``service`` registers (shared/metrics.py), named as a scrape names them."""
+    return {family.name for metric in metrics.SERVICE_METRICS[service] for family in metric.describe()}
 
 
 @dataclass

@@ -3,34 +3,22 @@
 from __future__ import annotations
 
 import io
-from functools import cache
-from pathlib import Path
 
-import skimage
 from PIL import Image
+from PIL.JpegImagePlugin import JpegImageFile
 
-DATA_DIR = Path(skimage.__file__).parent / "data"
-PHOTOS = (
-    "astronaut.png",
-    "chelsea.png",
-    "coffee.png",
-    "rocket.jpg",
-    "hubble_deep_field.jpg",
-    "motorcycle_left.png",
-    "retina.jpg",
-)
+from testkit.photos import DATA_DIR, PHOTOS, photo, photo_bytes
 
-
-@cache
-def photo_bytes(name: str) -> bytes:
-    return (DATA_DIR / name).read_bytes()
-
-
-@cache
-def photo(name: str) -> Image.Image:
-    image = Image.open(DATA_DIR / name)
-    image.load()
-    return image
+__all__ = [
+    "DATA_DIR",
+    "PHOTOS",
+    "encode",
+    "photo",
+    "photo_as_jpeg",
+    "photo_bytes",
+    "quantization",
+    "reference_quantization",
+]
 
 
 def encode(image: Image.Image, fmt: str, **params: object) -> bytes:
@@ -45,4 +33,10 @@ def photo_as_jpeg(name: str, quality: int = 92) -> bytes:
 
 def reference_quantization(image: Image.Image, quality: int = 50) -> dict[int, list[int]]:
     """The quantisation tables Pillow writes at ``quality``; compressed outputs must carry the same."""
-    return Image.open(io.BytesIO(encode(image.convert("RGB"), "JPEG", quality=quality))).quantization
+    return quantization(Image.open(io.BytesIO(encode(image.convert("RGB"), "JPEG", quality=quality))))
+
+
+def quantization(image: Image.Image) -> dict[int, list[int]]:
+    """The quantisation tables of a JPEG as Pillow read them (entries in zigzag order, as the file stores them)."""
+    assert isinstance(image, JpegImageFile), f"not a JPEG: {image.format}"
+    return image.quantization

@@ -45,6 +45,7 @@ class ImageHost(LocalServer):
         self.hits: defaultdict[str, int] = defaultdict(int)
         self.flaky: dict[str, int] = {}  # name -> number of 503s before success
         self.delay = 0.0  # seconds every /img/ answer waits, to stretch a request over time
+        self.hold: asyncio.Event | None = None  # when given, every /img/ answer waits until it is set
         # called with the name and the request before an /img/ answer
         self.on_hit: Callable[[str, web.Request], None] | None = None
         self.app.add_routes(
@@ -68,6 +69,8 @@ class ImageHost(LocalServer):
             self.on_hit(name, request)
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.hold is not None:
+            await self.hold.wait()
         if self.flaky.get(name, 0) > 0:
             self.flaky[name] -= 1
             return web.Response(status=503, text="try later")

@@ -1,59 +1,20 @@
-"""Control of the running native stack for fault tests: real signals to real processes, via supervisord."""
+"""Control of the running native stack for fault tests: real signals to real processes, via supervisord.
+
+Where the stack is and how to reach it (ports, the services' settings, the management API) is testkit.stack.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
-import shlex
 import signal
 import subprocess
-from pathlib import Path
 
-import aiohttp
 import psutil
 
-REPO = Path(__file__).resolve().parents[2]
-STATE = Path(os.environ.get("PIXPRESS_STATE_DIR", REPO / ".run"))
+from testkit.stack import REPO, STATE
+
 CONF = STATE / "supervisord.conf"
-MANAGEMENT = "http://127.0.0.1:15672/api"
-MANAGEMENT_HEADERS = {"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()}
-
-
-async def create_vhost(http: aiohttp.ClientSession, name: str) -> None:
-    """A RabbitMQ virtual host where guest may do everything (management API)."""
-    async with http.put(f"{MANAGEMENT}/vhosts/{name}", headers=MANAGEMENT_HEADERS) as answer:
-        answer.raise_for_status()
-    permissions = {"configure": ".*", "write": ".*", "read": ".*"}
-    async with http.put(
-        f"{MANAGEMENT}/permissions/{name}/guest", json=permissions, headers=MANAGEMENT_HEADERS
-    ) as answer:
-        answer.raise_for_status()
-
-
-async def delete_vhost(http: aiohttp.ClientSession, name: str) -> None:
-    """Delete a virtual host with all its queues; one that is already gone is fine."""
-    async with http.delete(f"{MANAGEMENT}/vhosts/{name}", headers=MANAGEMENT_HEADERS) as answer:
-        if answer.status != 404:
-            answer.raise_for_status()
-
-
-def amqp_url(vhost: str, user: str = "guest", password: str = "guest") -> str:
-    return f"amqp://{user}:{password}@127.0.0.1:5672/{vhost}"
-
-
-def service_env() -> dict[str, str]:
-    """The PIXPRESS_* environment the running services got (``scripts/stack.sh up`` writes it to
-    ``<state>/service.env``), overlaid with this process's own PIXPRESS_* where the file has none."""
-    values = {k: v for k, v in os.environ.items() if k.startswith("PIXPRESS_")}
-    env_file = STATE / "service.env"
-    if env_file.is_file():
-        for line in env_file.read_text().splitlines():
-            words = shlex.split(line, comments=True)
-            if len(words) == 2 and words[0] == "export" and "=" in words[1]:
-                name, _, value = words[1].partition("=")
-                values[name] = value
-    return values
 
 
 def processes() -> dict[str, int]:
@@ -85,10 +46,6 @@ async def wait_compressors_running(timeout: float = 60.0) -> None:
     names = compressor_names()
     for name in names:
         await wait_running(name, timeout=timeout)
-
-
-def supervisor_name(name: str) -> str:
-    return f"compressor:{name}" if name.startswith("compressor-") else name
 
 
 def supervisorctl(*args: str) -> str:

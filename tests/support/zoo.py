@@ -192,7 +192,7 @@ def animated_gif() -> tuple[bytes, list[Image.Image]]:
     body = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=list(ANIMATION_DURATIONS), loop=0)
     shown = []
     with Image.open(io.BytesIO(body)) as gif:
-        for i in range(gif.n_frames):
+        for i in range(getattr(gif, "n_frames", 1)):
             gif.seek(i)
             shown.append(gif.convert("RGB"))
     return body, shown
