@@ -3,7 +3,8 @@
 Counters must be exact: after a request of N images the compressors' ``pixpress_images_processed_total`` has
 grown by exactly N, split as the status API splits it, with the bytes the status API reports, and every
 histogram has counted what happened once. Each test first waits until the pipeline's queues are empty, so what
-earlier tests left in flight does not move the counters under it.
+earlier tests left in flight does not move the counters under it. Every query of the dashboard and the alert
+rules (deploy/observability) must name only metrics these scrapes return.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tests.support.metrics import (
     wait_quiet,
 )
 from tests.support.photos import photo_as_jpeg, photo_bytes
+from tests.support.promql import SYNTHETIC, dashboard_exprs, grafana_to_promql, promcheck
 from tests.support.servers import ImageHost, WebhookReceiver
 
 SETTINGS = service_settings()  # the settings the running services were started with
@@ -199,3 +201,23 @@ async def test_rabbitmq_and_minio_export_their_metrics(stack: str, http: aiohttp
     samples, _ = parse(await fetch_text(http, MINIO_METRICS))
     assert any(name.startswith("minio_") for name, _ in samples)
 
+
+async def test_every_dashboard_and_alert_query_names_only_exported_metrics(stack: str, http: aiohttp.ClientSession):
+    """deploy/observability's queries, parsed by Prometheus's own parser (promcheck), against every metric name a
+    query may use: pixpress's services and RabbitMQ's plugin (per object, and the aggregated endpoint for its
+    global counters), as scraped now."""
+    exported = (await scrape(http)).names() | SYNTHETIC
+    for url in (RABBITMQ_METRICS, RABBITMQ_METRICS.removesuffix("/per-object")):
+        samples, _ = parse(await fetch_text(http, url))
+        exported |= {name for name, _ in samples}
+    exprs = [grafana_to_promql(expr) for expr in dashboard_exprs()]
+    checked = promcheck(exprs)
+    assert checked["errors"] == []
+    assert len(checked["rules"]) == 6
+    queries = [(f"alert {rule['name']}", rule["metrics"]) for rule in checked["rules"]]
+    for entry in checked["exprs"]:
+        assert "error" not in entry, entry
+        queries.append((entry["expr"], entry["metrics"]))
+    for query, names in queries:
+        assert names, f"{query} reads no metric"
+        assert set(names) <= exported, f"{query} names {sorted(set(names) - exported)}, which nothing exports"

@@ -4,9 +4,9 @@
   the series that should fire it and stays quiet on a near miss);
 * the scrape configurations pass ``promtool check config``; the pod annotations, the PodMonitor and the compose
   targets point at ports the services really serve ``/metrics`` on;
-* every PromQL expression of the dashboard and the rules parses (Prometheus's own parser, through promcheck) and
-  names only metrics the running stack exports: pixpress's from a scrape of every service, RabbitMQ's from its
-  plugin; and every pixpress metric appears on the dashboard.
+* every pixpress metric appears on the dashboard, and promcheck (Prometheus's own PromQL parser, which
+  tests/test_metrics.py uses to check that every query names only metrics the running stack exports) reports
+  what it should.
 
 promtool and promcheck are built by scripts/install.sh (``make up`` / ``make test`` run it) from scripts/prometheus.
 """
@@ -14,70 +14,29 @@ promtool and promcheck are built by scripts/install.sh (``make up`` / ``make tes
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import yaml
 
 from shared import metrics
 from testkit.stack import REPO
-from tests.support.metrics import RABBITMQ_METRICS, families_of, fetch_text, parse, scrape
+from tests.support.metrics import families_of
+from tests.support.promql import (
+    DASHBOARD,
+    K8S,
+    OBSERVABILITY,
+    RULE_TESTS,
+    RULES,
+    dashboard_exprs,
+    promcheck,
+    run,
+    tool,
+)
 
-OBSERVABILITY = REPO / "deploy" / "observability"
-RULES = OBSERVABILITY / "prometheus" / "pixpress-alerts.yml"
-RULE_TESTS = OBSERVABILITY / "prometheus" / "pixpress-alerts.test.yml"
-DASHBOARD = OBSERVABILITY / "grafana" / "pixpress-dashboard.json"
-K8S = REPO / "deploy" / "k8s"
-# Grafana's variables, replaced by what Grafana would put there before the query reaches Prometheus
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "3h"}
-# series Prometheus itself makes for every target, not exported by any
-SYNTHETIC = {"up"}
-
-
-def tool(name: str) -> Path:
-    """A binary scripts/install.sh built into the cache, under the name scripts/versions.sh gives it."""
-    cache = Path(os.environ.get("PIXPRESS_CACHE_DIR") or Path.home() / ".cache" / "pixpress")
-    variable = {"promtool": "PROMTOOL_BINARY", "promcheck": "PROMCHECK_BINARY"}[name]
-    binary = subprocess.run(
-        ["bash", "-c", f'REPO="$1"; . "$REPO/scripts/versions.sh"; printf %s "${variable}"', "_", str(REPO)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    path = cache / "bin" / binary
-    assert path.is_file(), f"{path} is missing: scripts/install.sh builds it"
-    return path
-
-
-def run(command: list[str | Path], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(part) for part in command], capture_output=True, text=True, timeout=120, **kwargs)
-
-
-def dashboard_exprs() -> list[str]:
-    board = json.loads(DASHBOARD.read_text())
-    exprs = [target["expr"] for panel in board["panels"] for target in panel.get("targets", [])]
-    assert exprs, "the dashboard has no queries"
-    return exprs
-
-
-def grafana_to_promql(expr: str) -> str:
-    for variable, value in GRAFANA_VARIABLES.items():
-        expr = expr.replace(variable, value)
-    assert "$" not in expr, f"an unknown Grafana variable in {expr!r}"
-    return expr
-
-
-def promcheck(exprs: list[str]) -> dict[str, Any]:
-    request = {"rule_files": [str(RULES)], "exprs": exprs}
-    out = run([tool("promcheck")], input=json.dumps(request))
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
-
+pytestmark = pytest.mark.pure  # no server of the stack (promtool and promcheck are local binaries): `make test-fast`
 
 # --- alert rules ---------------------------------------------------------------------------------------------
 
@@ -120,18 +79,6 @@ def test_every_alert_the_issue_asks_for_is_there_with_a_unit_test():
 # --- PromQL of the dashboard and the rules -------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-async def exported(stack: str) -> set[str]:
-    """Every metric name a query may use: pixpress's services and RabbitMQ's plugin (per object, and the
-    aggregated endpoint for its global counters), as scraped now."""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-        names = (await scrape(http)).names()
-        for url in (RABBITMQ_METRICS, RABBITMQ_METRICS.removesuffix("/per-object")):
-            samples, _ = parse(await fetch_text(http, url))
-            names |= {name for name, _ in samples}
-    return names | SYNTHETIC
-
-
 def test_the_dashboard_is_a_grafana_dashboard_with_a_datasource_variable():
     board = json.loads(DASHBOARD.read_text())
     assert board["uid"] and board["title"] and board["schemaVersion"] >= 36
@@ -150,20 +97,6 @@ def test_the_dashboard_is_a_grafana_dashboard_with_a_datasource_variable():
     for asked in ("images processed", "failures by reason", "bytes saved", "stage latency p50", "stage latency p95",
                   "queue depth", "backlog age", "webhook", "memory"):
         assert asked in titles, asked
-
-
-def test_every_query_parses_and_names_only_exported_metrics(exported: set[str]):
-    exprs = [grafana_to_promql(expr) for expr in dashboard_exprs()]
-    checked = promcheck(exprs)
-    assert checked["errors"] == []
-    assert len(checked["rules"]) == 6
-    queries = [(f"alert {rule['name']}", rule["metrics"]) for rule in checked["rules"]]
-    for entry in checked["exprs"]:
-        assert "error" not in entry, entry
-        queries.append((entry["expr"], entry["metrics"]))
-    for query, names in queries:
-        assert names, f"{query} reads no metric"
-        assert set(names) <= exported, f"{query} names {sorted(set(names) - exported)}, which nothing exports"
 
 
 def test_promcheck_reports_what_it_should():
