@@ -1,7 +1,7 @@
 """Every log line of one request, from every service of the native stack, in time order (stdlib only).
 
 Usage: ``scripts/stack.sh logs --request ID [--follow]`` (which runs
-``python scripts/request_log.py --logs <state>/logs ID [--follow]``).
+``python -m scripts.request_log --logs <state>/logs ID [--follow]`` from the repository).
 
 The services log one JSON object per line carrying ``service`` and, on every line about a request,
 ``request_id`` (plus ``row`` and ``index`` on the lines about one image). Lines from ingest, every compressor,
@@ -19,7 +19,10 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-SERVICES = ("ingest", "compressor", "aggregator", "notifier")
+from scripts import stackctl
+
+# the services' programs as scripts/stack.env names them; the compressors are compressor-1 ... compressor-N
+SERVICES = frozenset(stackctl.layout()["SERVICES"].split())
 _SHOWN_FIRST = ("timestamp", "service", "request_id", "row", "index", "event", "level")
 
 

@@ -393,7 +393,7 @@ cmd_logs() {
         case $1 in
         -n) n=$2; shift 2 ;;
         --no-follow) follow=(); shift ;;
-        --request) shift; exec "$VENV/bin/python" "$REPO/scripts/request_log.py" --logs "$LOGS" "$@" ;;
+        --request) shift; cd "$REPO" && exec "$VENV/bin/python" -m scripts.request_log --logs "$LOGS" "$@" ;;
         *) files+=("$LOGS/$1.log"); shift ;;
         esac
     done
