@@ -7,11 +7,13 @@
 #   scripts/stack.sh ps        one line "<name> <pid>" per running process
 #   scripts/stack.sh status    supervisor's view plus one health probe per program
 #   scripts/stack.sh logs [-n N] [--no-follow] [name...]   tail the program logs (all by default)
+#   scripts/stack.sh logs --request ID [--follow]   one request's lines from every service, in time order
 #   scripts/stack.sh restart [name...]   restart programs (default: the Python services) and wait until healthy
 #   scripts/stack.sh clean     down, then delete the state directory (queues, database, objects, logs)
 #
-# Program names and ports: scripts/stack.env (API 5000, RabbitMQ 5672 + management UI 15672, FerretDB 27017,
-# MinIO 9000, workers' health 8101, 8102, 8110+N), which tests/ and bench/ read too.
+# Program names and ports: scripts/stack.env (API 5000, RabbitMQ 5672 + management UI 15672 + Prometheus metrics
+# 15692, FerretDB 27017, MinIO 9000, workers' health and /metrics 8101, 8102, 8110+N; ingest's /metrics is on the
+# API port), which tests/ and bench/ read too.
 #
 # Environment:
 #   PIXPRESS_*                 every other PIXPRESS_ variable is handed to the services. `up` stores them in
@@ -162,6 +164,8 @@ rabbitmq_conf() {
 listeners.tcp.default = 127.0.0.1:$RABBITMQ_PORT
 management.tcp.ip = 127.0.0.1
 management.tcp.port = $RABBITMQ_MANAGEMENT_PORT
+prometheus.tcp.ip = 127.0.0.1
+prometheus.tcp.port = $RABBITMQ_PROMETHEUS_PORT
 loopback_users.$RABBITMQ_USER = true
 log.console = true
 log.console.level = info
@@ -247,7 +251,8 @@ EOF
     printf 'environment=GOGC="400",GOMEMLIMIT="1GiB"\n'
     PROGRAM_DIR=$STATE program minio 20 true 2 3 "$SELF" _run --minio -- "$MINIO_BIN" server "$STATE/minio" \
         --address "127.0.0.1:$MINIO_PORT" --console-address "127.0.0.1:$MINIO_CONSOLE_PORT"
-    printf 'environment=MINIO_BROWSER="off",MINIO_UPDATE="off"\n'
+    # metrics without a bearer token (MinIO listens on 127.0.0.1 only here): docs/observability.md
+    printf 'environment=MINIO_BROWSER="off",MINIO_UPDATE="off",MINIO_PROMETHEUS_AUTH_TYPE="public"\n'
 
     # The Python services start once the servers are healthy (autostart=false; `up` starts them), and stop first.
     while IFS= read -r name; do
@@ -285,7 +290,7 @@ cmd_up() {
         "$STATE/minio"
     touch "$STATE/.pixpress-state"
     write_if_changed "$STATE/rabbitmq/rabbitmq.conf" "$(rabbitmq_conf)" || true
-    write_if_changed "$STATE/rabbitmq/enabled_plugins" "[rabbitmq_management]." || true
+    write_if_changed "$STATE/rabbitmq/enabled_plugins" "[rabbitmq_management,rabbitmq_prometheus]." || true
     write_if_changed "$STATE/rabbitmq/rabbitmq-env.conf" "# empty on purpose: /etc/rabbitmq/rabbitmq-env.conf is not used" ||
         true
 
@@ -388,6 +393,7 @@ cmd_logs() {
         case $1 in
         -n) n=$2; shift 2 ;;
         --no-follow) follow=(); shift ;;
+        --request) shift; cd "$REPO" && exec "$VENV/bin/python" -m scripts.request_log --logs "$LOGS" "$@" ;;
         *) files+=("$LOGS/$1.log"); shift ;;
         esac
     done

@@ -51,8 +51,9 @@ class Settings(BaseSettings):
     api_port: int = Field(default=5000, ge=1, le=65535, description="port the API listens on")
     api_key: SecretStr | None = Field(
         default=None,
-        description="when set, every route but `/healthz` and the `/docs` page (Swagger UI's shell, which asks for the "
-        "key) needs this value in an `X-API-Key` header, `/openapi.json` included; unset: the API is open",
+        description="when set, every route but `/healthz`, `/metrics` (Prometheus scrapes it; docs/security.md) and "
+        "the `/docs` page (Swagger UI's shell, which asks for the key) needs this value in an `X-API-Key` header, "
+        "`/openapi.json` included; unset: the API is open",
     )
     api_header_timeout: float = Field(
         default=15.0,
@@ -67,12 +68,13 @@ class Settings(BaseSettings):
     )
 
     # --- health endpoint for the workers (ingest answers on its API port) -----------------------------
-    health_host: str = Field(default="127.0.0.1", description="address of the workers' `/healthz`")
+    health_host: str = Field(default="127.0.0.1", description="address of the workers' `/healthz` and `/metrics`")
     health_port: int = Field(
         default=0,
         ge=0,
         le=65535,
-        description="port of the workers' `/healthz` (compressor, aggregator, notifier); 0: off",
+        description="port of the workers' `/healthz` and `/metrics` (compressor, aggregator, notifier); 0: off. "
+        "The native stack, compose and Kubernetes set one per process (docs/observability.md)",
     )
 
     # --- input limits -----------------------------------------------------------------------------------

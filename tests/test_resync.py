@@ -9,13 +9,11 @@ counts every request and honours If-None-Match / If-Modified-Since when a body i
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
 import pytest
-from PIL import Image, PngImagePlugin
 
 from services.compressor.compress import compress
 from shared.cache import is_shared_object
@@ -25,25 +23,11 @@ from shared.storage import Storage
 from testkit.stack import service_settings
 from tests.support import stack as control
 from tests.support.client import API, csv_text, upload, wait_final
-from tests.support.photos import encode, photo
+from tests.support.photos import unique_jpeg, unique_png
 from tests.support.servers import ImageHost, ValidatorKind
 
 SETTINGS = service_settings()
 pytestmark = pytest.mark.skipif(not SETTINGS.cache, reason="the stack runs with PIXPRESS_CACHE=off")
-
-
-def unique_jpeg(name: str) -> bytes:
-    """A photograph as a q90 JPEG whose bytes no other test (or earlier run) produced."""
-    return encode(photo(name).convert("RGB"), "JPEG", quality=90, comment=uuid.uuid4().hex.encode())
-
-
-def unique_png(name: str, alpha: bool = False) -> bytes:
-    info = PngImagePlugin.PngInfo()
-    info.add_text("run", uuid.uuid4().hex)
-    image = photo(name).convert("RGBA" if alpha else "RGB")
-    if alpha:
-        image.putalpha(Image.linear_gradient("L").resize(image.size))  # real transparency: the output is WebP
-    return encode(image, "PNG", pnginfo=info)
 
 
 def fresh_run(body: bytes) -> bytes:

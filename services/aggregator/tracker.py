@@ -20,6 +20,7 @@ from pymongo import ReplaceOne, ReturnDocument
 
 from services.aggregator.batcher import Batcher
 from services.aggregator.finisher import Finisher
+from shared import metrics
 from shared.cache import CacheKind
 from shared.database import Database, insert_new, result_id
 from shared.lifecycle import progress_of
@@ -69,19 +70,25 @@ class ResultTracker:
         self.batcher: Batcher[ImageResult] = Batcher(self._flush, batch_size, batch_delay)
 
     async def handle(self, result: ImageResult, _message: AbstractIncomingMessage) -> None:
+        structlog.contextvars.bind_contextvars(row=result.row, index=result.index)
         await self.batcher.submit(result)
 
     async def _flush(self, results: list[ImageResult]) -> None:
+        """Runs in a task of its own whose log context is a copy of one submitter's (its request, row and
+        index), so each request's lines are bound to that request here, and to no one image."""
         by_request: dict[str, list[ImageResult]] = defaultdict(list)
         for result in results:
             by_request[result.request_id].append(result)
+        structlog.contextvars.unbind_contextvars("row", "index")
         for request_id, batch in by_request.items():
+            structlog.contextvars.bind_contextvars(request_id=request_id)
             async with self.finisher.locks.hold(request_id):
                 await self._record(request_id, batch)
 
     async def _record(self, request_id: str, batch: list[ImageResult]) -> None:
         duplicates = await insert_new(self.db.results, [result_document(r) for r in batch])
         fresh = [r for i, r in enumerate(batch) if i not in duplicates]
+        metrics.results_recorded(ok=sum(r.ok for r in fresh), failed=sum(not r.ok for r in fresh))
         if duplicates:
             log.info("result_duplicates", request_id=request_id, count=len(duplicates))
         await self._remember_sources(batch)

@@ -11,6 +11,7 @@ from services.compressor.download import DownloadLimits
 from services.compressor.frame_budget import set_pillow_backstop
 from services.compressor.output_cache import OutputCache
 from services.compressor.worker import CompressorWorker
+from shared import metrics
 from shared.broker import Broker
 from shared.logging import configure_logging
 from shared.messages import ImageBatch, ImageTask, Queue
@@ -23,6 +24,7 @@ from shared.url_guard import guarded_connector
 async def run() -> None:
     settings = get_settings()
     log = configure_logging("compressor", settings.log_level)
+    metrics.register("compressor")
     stop = install_stop_signals()
     set_pillow_backstop(settings.max_image_pixels)
     broker = Broker(settings.amqp_url.get_secret_value(), settings.exchange)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+from collections.abc import Callable
 from concurrent.futures import Executor
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from services.compressor.compress import Compressed, ImageRejected, compress
 from services.compressor.download import DownloadError, DownloadLimits, Fetched, Validators, fetch
 from services.compressor.output_cache import Expiring, Hit, OutputCache, output_extensions
+from shared import metrics
 from shared.broker import DELIVERY_LIMIT, Broker, delivery_count
 from shared.cache import CacheKind, is_shared_object, url_record_id
 from shared.messages import ImageBatch, ImageResult, ImageTask, RoutingKey, SourceRecord
@@ -23,8 +25,10 @@ from shared.reasons import short_reason
 from shared.storage import Storage
 
 log = structlog.get_logger()
-# while a batch is processed, its tasks' results are gathered here instead of being published one by one
-_collected: ContextVar[list[ImageResult] | None] = ContextVar("collected_results", default=None)
+# while a batch is processed, its tasks' results are gathered here instead of being published one by one, each
+# with what its metrics count once the broker has confirmed it
+_Counted = tuple[ImageResult, Callable[[], None]]
+_collected: ContextVar[list[_Counted] | None] = ContextVar("collected_results", default=None)
 
 
 def output_key(task: ImageTask, extension: str) -> str:
@@ -79,6 +83,7 @@ class CompressorWorker:
         if deliveries >= 1:
             log.warning("image_quarantined", deliveries=deliveries)
             await self.broker.publish(RoutingKey.IMAGE_SUSPECT, task)
+            metrics.IMAGES_QUARANTINED.inc()
             return
         await self._process(task)
 
@@ -116,7 +121,7 @@ class CompressorWorker:
         """Every task of the batch at once (at most ``batch_slots`` at a time, so bodies of changed images cannot
         pile up), then one bulk publish of their results. A task that raises fails the whole batch, which is then
         redelivered and split; results gathered until then are dropped, and their tasks done again."""
-        results: list[ImageResult] = []
+        results: list[_Counted] = []
         token = _collected.set(results)
         try:
             async with asyncio.TaskGroup() as group:
@@ -124,20 +129,24 @@ class CompressorWorker:
                     group.create_task(self._process_slot(task))
         finally:
             _collected.reset(token)
-        await self.broker.publish_many(RoutingKey.IMAGE_DONE, results)
+        await metrics.timed("publish", self.broker.publish_many(RoutingKey.IMAGE_DONE, [r for r, _ in results]))
+        for _result, count in results:
+            count()
 
     async def _process_slot(self, task: ImageTask) -> None:
         structlog.contextvars.bind_contextvars(row=task.row, index=task.index, attempt=task.attempt)
         async with self._batch_slots:
             await self._process(task)
 
-    async def _emit(self, result: ImageResult) -> None:
-        """Publish a result, or hand it to the batch being processed (``process_batch``)."""
+    async def _emit(self, result: ImageResult, count: Callable[[], None]) -> None:
+        """Publish a result, or hand it to the batch being processed (``process_batch``); ``count`` updates the
+        metrics once the broker has confirmed the result, so an image counts once, when it is settled."""
         collected = _collected.get()
         if collected is not None:
-            collected.append(result)
+            collected.append((result, count))
             return
-        await self.broker.publish(RoutingKey.IMAGE_DONE, result)
+        await metrics.timed("publish", self.broker.publish(RoutingKey.IMAGE_DONE, result))
+        count()
 
     async def _process(self, task: ImageTask) -> None:
         """Download (conditionally, when the URL is known), reuse a cached output or compress, store, report.
@@ -149,13 +158,14 @@ class CompressorWorker:
         try:
             if target is not None and task.known is not None:
                 validators = Validators(task.known.etag, task.known.last_modified)
-                fetched = await fetch(self.session, task.url, self.limits, validators)
+                fetched = await metrics.timed("download", fetch(self.session, task.url, self.limits, validators))
                 if fetched.not_modified:
                     if await self._reuse_revalidated(task, target, task.known.size):
                         return
-                    fetched = await fetch(self.session, task.url, self.limits)  # the object is gone: the bytes again
+                    # the object is gone: the bytes again
+                    fetched = await metrics.timed("download", fetch(self.session, task.url, self.limits))
             else:
-                fetched = await fetch(self.session, task.url, self.limits)
+                fetched = await metrics.timed("download", fetch(self.session, task.url, self.limits))
         except DownloadError as exc:
             await self._download_failed(task, exc)
             return
@@ -188,6 +198,7 @@ class CompressorWorker:
             log.info("image_retry_scheduled", reason=exc.reason, delay_ms=delay)
             retry = task.model_copy(update={"attempt": task.attempt + 1})
             await self.broker.publish_delayed(RoutingKey.IMAGE_TODO, retry, delay)
+            metrics.IMAGE_RETRIES.inc()
             return
         suffix = f" (after {task.attempt} attempts)" if exc.transient else ""
         await self._fail(task, f"download failed: {exc.reason}{suffix}", 0)
@@ -222,7 +233,7 @@ class CompressorWorker:
                 key = candidate
                 source = self._source_record(task, shared.digest, shared.fetched, key)
         metadata = {"codec": result.codec} if is_shared_object(key) else None
-        await self.storage.put_bytes(key, result.data, result.content_type, metadata)
+        await metrics.timed("store", self.storage.put_bytes(key, result.data, result.content_type, metadata))
         await self._publish_output(task, key, len(data), len(result.data), result.codec, None, source)
 
     def _source_record(self, task: ImageTask, digest: str, fetched: Fetched, key: str) -> SourceRecord | None:
@@ -252,6 +263,7 @@ class CompressorWorker:
         cache: CacheKind | None,
         source: SourceRecord | None,
     ) -> None:
+        codec_run = None if cache is not None else codec  # a reused output ran no codec now
         await self._emit(
             task.settled(
                 ok=True,
@@ -263,7 +275,8 @@ class CompressorWorker:
                 cache=cache.value if cache is not None else None,
                 cache_object=key if is_shared_object(key) else None,
                 source=source,
-            )
+            ),
+            lambda: metrics.image_ok(bytes_in, bytes_out, codec_run, cache.value if cache is not None else None),
         )
         log.info(
             "image_done",
@@ -276,12 +289,14 @@ class CompressorWorker:
         )
 
     async def _fail(self, task: ImageTask, reason: str, bytes_in: int) -> None:
+        failure = metrics.failure_reason(reason)  # from the whole text: shortening may cut what tells it apart
         reason = short_reason(reason)  # it may quote a remote server or the file: one printable line, no markup
-        log.info("image_failed", reason=reason)
-        await self._emit(task.settled(ok=False, error=reason, bytes_in=bytes_in))
+        log.info("image_failed", reason=reason, failure=failure)
+        await self._emit(task.settled(ok=False, error=reason, bytes_in=bytes_in), lambda: metrics.image_failed(failure))
 
 
 def _compress_job(data: bytes, quality: int, max_pixels: int, max_frames: int, jpeg_fast_path: bool) -> Compressed:
-    return compress(
-        data, quality=quality, max_pixels=max_pixels, max_frames=max_frames, jpeg_fast_path=jpeg_fast_path
-    )
+    with metrics.stage_timer("decode_encode"):  # here, in the codec thread: not the wait for a free thread
+        return compress(
+            data, quality=quality, max_pixels=max_pixels, max_frames=max_frames, jpeg_fast_path=jpeg_fast_path
+        )

@@ -19,17 +19,20 @@ from services.ingest.records import product_view, request_detail, status_view
 from services.ingest.upload import UploadHandler
 from shared.api_models import ProductsPage, json_body
 from shared.database import Database, find_by_ids, product_id, result_id
+from shared.metrics import count_uploads
 from shared.runtime import HealthCheck, health_routes
 from shared.settings import Settings
 
-# the health probe, and the documentation page's shell (it holds nothing about the API; see services/ingest/docs.py)
-_OPEN_RESOURCES = frozenset({routes.HEALTH.path}) | OPEN_RESOURCES
+# Served without the key: the operations the route table marks open (the health probe, the metrics Prometheus
+# scrapes, the docs page; docs/security.md says why each) and the docs page's own files (services/ingest/docs.py)
+_OPEN_RESOURCES = frozenset(operation.path for operation in routes.OPERATIONS if operation.open) | OPEN_RESOURCES
 _INTEGER = re.compile(r"-?[0-9]{1,19}")
 
 
 def api_key_middleware(settings: Settings) -> Middleware:
-    """With ``PIXPRESS_API_KEY`` set every route but the open ones (health, the docs shell) needs ``X-API-Key``,
-    the OpenAPI document included; unset, all is open. Decided on the route that matched, never on the raw path."""
+    """With ``PIXPRESS_API_KEY`` set every route but the open ones (health, metrics, the docs shell) needs
+    ``X-API-Key``, the OpenAPI document included; unset, all is open. Decided on the route that matched, never on
+    the raw path."""
     expected = settings.api_key.get_secret_value().encode() if settings.api_key else None
 
     @web.middleware
@@ -144,7 +147,8 @@ def openapi_route(settings: Settings) -> web.RouteDef:
 
 def build_app(settings: Settings, db: Database, upload: UploadHandler, check: HealthCheck) -> web.Application:
     app = web.Application(
-        middlewares=[problem_middleware, api_key_middleware(settings)], client_max_size=settings.max_csv_bytes + 65536
+        middlewares=[count_uploads, problem_middleware, api_key_middleware(settings)],
+        client_max_size=settings.max_csv_bytes + 65536,
     )
     views = ReadViews(db)
     handlers: list[tuple[Operation, Handler]] = [

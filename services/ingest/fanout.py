@@ -23,7 +23,7 @@ from services.ingest.records import product_document
 from shared.broker import Broker
 from shared.cache import url_record_id
 from shared.database import Database, find_by_ids, insert_new, product_id
-from shared.lifecycle import final_status, is_open, publish_outbox, still_open
+from shared.lifecycle import end_request, is_open, publish_outbox
 from shared.messages import ImageBatch, ImageTask, RequestAccepted, RequestStatus, RoutingKey, SourceRecord
 from shared.storage import Storage
 from shared.timeutil import utcnow
@@ -181,9 +181,7 @@ class FanOut:
 
     async def _fail(self, request: dict[str, Any], reason: str) -> None:
         """The CSV is unusable: the request ends Failed, once, and the notifier hears about it."""
-        ended = await self.db.requests.update_one(
-            still_open(request["_id"]), {"$set": final_status(RequestStatus.FAILED, utcnow(), error=reason)}
-        )
+        ended = await end_request(self.db, request, RequestStatus.FAILED, error=reason)
         log.error("fanout_failed", reason=reason)
-        if ended.modified_count:
+        if ended:
             await publish_outbox(self.db, self.broker, request["_id"])

@@ -10,6 +10,7 @@ from services.ingest.api import build_app
 from services.ingest.csv_parser import Limits
 from services.ingest.fanout import FanOut
 from services.ingest.upload import UploadHandler
+from shared import metrics
 from shared.broker import Broker
 from shared.database import Database
 from shared.logging import configure_logging
@@ -22,6 +23,7 @@ from shared.storage import Storage
 async def run() -> None:
     settings = get_settings()
     log = configure_logging("ingest", settings.log_level)
+    metrics.register("ingest")
     stop = install_stop_signals()
     db = Database(settings)
     storage = Storage(settings)
