@@ -2,7 +2,8 @@
 # The native pixpress stack (no Docker): RabbitMQ, FerretDB, MinIO and the four services under one supervisord,
 # everything listening on 127.0.0.1 only.
 #
-#   scripts/stack.sh up        install what is missing, start what is not running, wait until all is healthy
+#   scripts/stack.sh up        install what is missing, start what is not running (restart the services when their
+#                              environment or code changed), wait until all is healthy
 #   scripts/stack.sh down      stop everything gracefully (services first, then the servers)
 #   scripts/stack.sh ps        one line "<name> <pid>" per running process
 #   scripts/stack.sh status    supervisor's view plus one health probe per program
@@ -44,6 +45,7 @@ SOCK=$STATE/supervisord.sock
 PIDFILE=$STATE/supervisord.pid
 LOGS=$STATE/logs
 SERVICE_ENV=$STATE/service.env
+SERVICE_CODE=$STATE/service.code # code_stamp of what the running services were started from
 MARKER=PXSTACK_STATE_DIR # set in supervisord's environment, so every process of this stack carries it
 
 read -ra INFRA <<<"$SERVERS"
@@ -184,6 +186,13 @@ service_env() {
     done < <(compgen -e | grep '^PIXPRESS_' | LC_ALL=C sort)
 }
 
+# A fingerprint of the code the Python services run (path, size and time of every file under services/ and
+# shared/), so that `up` after a `git pull` or an edit restarts them instead of leaving yesterday's code running.
+code_stamp() {
+    (cd "$REPO" && find services shared -name __pycache__ -prune -o -type f -printf '%p %s %T@\n' | LC_ALL=C sort |
+        cksum | cut -d' ' -f1)
+}
+
 program() { # name priority autostart startsecs startretries command...
     local name=$1 priority=$2 autostart=$3 startsecs=$4 startretries=$5
     shift 5
@@ -294,15 +303,17 @@ cmd_up() {
     write_if_changed "$STATE/rabbitmq/rabbitmq-env.conf" "# empty on purpose: /etc/rabbitmq/rabbitmq-env.conf is not used" ||
         true
 
-    local conf env old_env changed services=()
+    local conf env old_env changed code restart="" services=()
     mapfile -t services < <(service_names)
     conf=$(supervisord_conf)
     env=$(service_env)
+    code=$(code_stamp)
 
     if ! supervisord_pid >/dev/null; then
         sweep
         write_if_changed "$CONF" "$conf" || true
         write_if_changed "$SERVICE_ENV" "$env" || true
+        write_if_changed "$SERVICE_CODE" "$code" || true
         local unset_args=() name t
         while IFS= read -r name; do unset_args+=(-u "$name"); done < <(compgen -e | grep '^PIXPRESS_' || true)
         # The services get PIXPRESS_* only from service.env, so a later `up` can change them by restarting them.
@@ -322,14 +333,18 @@ cmd_up() {
             changed=$(diff <(printf '%s\n' "$old_env") <(printf '%s\n' "$env") |
                 sed -n 's/^[<>] export \([A-Za-z0-9_]*\)=.*/\1/p' | sort -u | tr '\n' ' ' || true)
             write_if_changed "$SERVICE_ENV" "$env" || true
-            if [ "${#services[@]}" -gt 0 ]; then
-                say "environment changed (${changed% }): restarting the services"
-                sv stop "$(sv_name ingest)" aggregator notifier 'compressor:*' >/dev/null 2>&1 || true
-            fi
+            restart="environment changed (${changed% })"
             if [[ " $changed " == *" PIXPRESS_S3_ACCESS_KEY "* || " $changed " == *" PIXPRESS_S3_SECRET_KEY "* ]]; then
                 say "S3 credentials changed: restarting minio"
                 sv stop minio >/dev/null 2>&1 || true
             fi
+        fi
+        if write_if_changed "$SERVICE_CODE" "$code"; then
+            restart=${restart:-"the code changed since they started"}
+        fi
+        if [ -n "$restart" ] && [ "${#services[@]}" -gt 0 ]; then
+            say "$restart: restarting the services"
+            sv stop "$(sv_name ingest)" aggregator notifier 'compressor:*' >/dev/null 2>&1 || true
         fi
     fi
 
