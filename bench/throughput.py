@@ -362,6 +362,7 @@ class Pipeline:
         self.api = f"http://127.0.0.1:{self.port}"
         self.processes: dict[str, subprocess.Popen] = {}
         self.health: dict[str, str] = {}
+        self.server_pids: dict[str, int | None] = {}
         # a fresh name per run: a quorum queue re-declared in a vhost of the same name that was deleted a moment
         # ago can wait on the old queue's Raft cluster still shutting down (a run once hung for 13 min so)
         self.vhost = f"{self.vhost_prefix}-{uuid.uuid4().hex[:8]}"
@@ -516,8 +517,10 @@ class Pipeline:
             "ingest": process_tree_cpu(self.processes["ingest"].pid),
             "aggregator": process_tree_cpu(self.processes["aggregator"].pid),
         }
+        if not self.server_pids:  # once: each lookup runs supervisorctl (~0.1 s), too slow to do mid-run
+            self.server_pids = {server: supervised_pid(server) for server in SERVERS}
         for server in SERVERS:
-            usage[server] = process_tree_cpu(supervised_pid(server))
+            usage[server] = process_tree_cpu(self.server_pids[server])
         me = psutil.Process().cpu_times()  # this process alone: the pipeline's processes are its children
         usage["bench"] = me.user + me.system
         return usage
@@ -556,6 +559,7 @@ class Run:
     upload_ms: float
     last_download: float
     cpu_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # phase -> part -> CPU ms per image
+    progress: dict[str, float] = field(default_factory=dict)  # the final status's progress counts
 
     @property
     def rate(self) -> float:
@@ -573,6 +577,7 @@ async def one_request(
     count: int,
     tag: str,
     snapshot: Callable[[], dict[str, float]],
+    poll: float = POLL_SECONDS,
 ) -> Run:
     form = aiohttp.FormData()
     form.add_field("file", host.csv(range(count), tag).encode(), filename="bench.csv", content_type="text/csv")
@@ -596,7 +601,7 @@ async def one_request(
             cpu.append(snapshot())
         if status["status"] in ("Completed", "Failed"):
             break
-        await asyncio.sleep(POLL_SECONDS)
+        await asyncio.sleep(poll)
     seconds = time.perf_counter() - started
     cpu.append(snapshot())
     if not settled:  # finished between two polls
@@ -610,7 +615,7 @@ async def one_request(
         phase: {part: 1000 * (after[part] - before[part]) / count for part in after}
         for phase, (before, after) in phases.items()
     }
-    return Run(count, seconds, settled, upload_ms, host.last_served - started, cpu_ms)
+    return Run(count, seconds, settled, upload_ms, host.last_served - started, cpu_ms, progress)
 
 
 def report(procs: int, threads: int, run: Run, load: float) -> None:

@@ -2,16 +2,19 @@
 # The native pixpress stack (no Docker): RabbitMQ, FerretDB, MinIO and the four services under one supervisord,
 # everything listening on 127.0.0.1 only.
 #
-#   scripts/stack.sh up        install what is missing, start what is not running, wait until all is healthy
+#   scripts/stack.sh up        install what is missing, start what is not running (restart the services when their
+#                              environment or code changed), wait until all is healthy
 #   scripts/stack.sh down      stop everything gracefully (services first, then the servers)
 #   scripts/stack.sh ps        one line "<name> <pid>" per running process
 #   scripts/stack.sh status    supervisor's view plus one health probe per program
 #   scripts/stack.sh logs [-n N] [--no-follow] [name...]   tail the program logs (all by default)
+#   scripts/stack.sh logs --request ID [--follow]   one request's lines from every service, in time order
 #   scripts/stack.sh restart [name...]   restart programs (default: the Python services) and wait until healthy
 #   scripts/stack.sh clean     down, then delete the state directory (queues, database, objects, logs)
 #
-# Program names and ports: scripts/stack.env (API 5000, RabbitMQ 5672 + management UI 15672, FerretDB 27017,
-# MinIO 9000, workers' health 8101, 8102, 8110+N), which tests/ and bench/ read too.
+# Program names and ports: scripts/stack.env (API 5000, RabbitMQ 5672 + management UI 15672 + Prometheus metrics
+# 15692, FerretDB 27017, MinIO 9000, workers' health and /metrics 8101, 8102, 8110+N; ingest's /metrics is on the
+# API port), which tests/ and bench/ read too.
 #
 # Environment:
 #   PIXPRESS_*                 every other PIXPRESS_ variable is handed to the services. `up` stores them in
@@ -42,6 +45,7 @@ SOCK=$STATE/supervisord.sock
 PIDFILE=$STATE/supervisord.pid
 LOGS=$STATE/logs
 SERVICE_ENV=$STATE/service.env
+SERVICE_CODE=$STATE/service.code # code_stamp of what the running services were started from
 MARKER=PXSTACK_STATE_DIR # set in supervisord's environment, so every process of this stack carries it
 
 read -ra INFRA <<<"$SERVERS"
@@ -162,6 +166,8 @@ rabbitmq_conf() {
 listeners.tcp.default = 127.0.0.1:$RABBITMQ_PORT
 management.tcp.ip = 127.0.0.1
 management.tcp.port = $RABBITMQ_MANAGEMENT_PORT
+prometheus.tcp.ip = 127.0.0.1
+prometheus.tcp.port = $RABBITMQ_PROMETHEUS_PORT
 loopback_users.$RABBITMQ_USER = true
 log.console = true
 log.console.level = info
@@ -178,6 +184,13 @@ service_env() {
         case $name in PIXPRESS_STATE_DIR | PIXPRESS_CACHE_DIR | PIXPRESS_COMPRESSORS | PIXPRESS_STACK_*) continue ;; esac
         printf 'export %s=%q\n' "$name" "${!name}"
     done < <(compgen -e | grep '^PIXPRESS_' | LC_ALL=C sort)
+}
+
+# A fingerprint of the code the Python services run (path, size and time of every file under services/ and
+# shared/), so that `up` after a `git pull` or an edit restarts them instead of leaving yesterday's code running.
+code_stamp() {
+    (cd "$REPO" && find services shared -name __pycache__ -prune -o -type f -printf '%p %s %T@\n' | LC_ALL=C sort |
+        cksum | cut -d' ' -f1)
 }
 
 program() { # name priority autostart startsecs startretries command...
@@ -247,7 +260,8 @@ EOF
     printf 'environment=GOGC="400",GOMEMLIMIT="1GiB"\n'
     PROGRAM_DIR=$STATE program minio 20 true 2 3 "$SELF" _run --minio -- "$MINIO_BIN" server "$STATE/minio" \
         --address "127.0.0.1:$MINIO_PORT" --console-address "127.0.0.1:$MINIO_CONSOLE_PORT"
-    printf 'environment=MINIO_BROWSER="off",MINIO_UPDATE="off"\n'
+    # metrics without a bearer token (MinIO listens on 127.0.0.1 only here): docs/observability.md
+    printf 'environment=MINIO_BROWSER="off",MINIO_UPDATE="off",MINIO_PROMETHEUS_AUTH_TYPE="public"\n'
 
     # The Python services start once the servers are healthy (autostart=false; `up` starts them), and stop first.
     while IFS= read -r name; do
@@ -285,19 +299,21 @@ cmd_up() {
         "$STATE/minio"
     touch "$STATE/.pixpress-state"
     write_if_changed "$STATE/rabbitmq/rabbitmq.conf" "$(rabbitmq_conf)" || true
-    write_if_changed "$STATE/rabbitmq/enabled_plugins" "[rabbitmq_management]." || true
+    write_if_changed "$STATE/rabbitmq/enabled_plugins" "[rabbitmq_management,rabbitmq_prometheus]." || true
     write_if_changed "$STATE/rabbitmq/rabbitmq-env.conf" "# empty on purpose: /etc/rabbitmq/rabbitmq-env.conf is not used" ||
         true
 
-    local conf env old_env changed services=()
+    local conf env old_env changed code restart="" services=()
     mapfile -t services < <(service_names)
     conf=$(supervisord_conf)
     env=$(service_env)
+    code=$(code_stamp)
 
     if ! supervisord_pid >/dev/null; then
         sweep
         write_if_changed "$CONF" "$conf" || true
         write_if_changed "$SERVICE_ENV" "$env" || true
+        write_if_changed "$SERVICE_CODE" "$code" || true
         local unset_args=() name t
         while IFS= read -r name; do unset_args+=(-u "$name"); done < <(compgen -e | grep '^PIXPRESS_' || true)
         # The services get PIXPRESS_* only from service.env, so a later `up` can change them by restarting them.
@@ -317,14 +333,18 @@ cmd_up() {
             changed=$(diff <(printf '%s\n' "$old_env") <(printf '%s\n' "$env") |
                 sed -n 's/^[<>] export \([A-Za-z0-9_]*\)=.*/\1/p' | sort -u | tr '\n' ' ' || true)
             write_if_changed "$SERVICE_ENV" "$env" || true
-            if [ "${#services[@]}" -gt 0 ]; then
-                say "environment changed (${changed% }): restarting the services"
-                sv stop "$(sv_name ingest)" aggregator notifier 'compressor:*' >/dev/null 2>&1 || true
-            fi
+            restart="environment changed (${changed% })"
             if [[ " $changed " == *" PIXPRESS_S3_ACCESS_KEY "* || " $changed " == *" PIXPRESS_S3_SECRET_KEY "* ]]; then
                 say "S3 credentials changed: restarting minio"
                 sv stop minio >/dev/null 2>&1 || true
             fi
+        fi
+        if write_if_changed "$SERVICE_CODE" "$code"; then
+            restart=${restart:-"the code changed since they started"}
+        fi
+        if [ -n "$restart" ] && [ "${#services[@]}" -gt 0 ]; then
+            say "$restart: restarting the services"
+            sv stop "$(sv_name ingest)" aggregator notifier 'compressor:*' >/dev/null 2>&1 || true
         fi
     fi
 
@@ -388,6 +408,7 @@ cmd_logs() {
         case $1 in
         -n) n=$2; shift 2 ;;
         --no-follow) follow=(); shift ;;
+        --request) shift; cd "$REPO" && exec "$VENV/bin/python" -m scripts.request_log --logs "$LOGS" "$@" ;;
         *) files+=("$LOGS/$1.log"); shift ;;
         esac
     done

@@ -62,6 +62,7 @@ def probes(name: str, env: dict[str, str], state: Path) -> list[str]:
         return [
             f"tcp://127.0.0.1:{env['RABBITMQ_PORT']}",
             f"http://{user}:{password}@127.0.0.1:{env['RABBITMQ_MANAGEMENT_PORT']}/api/overview",
+            f"http://127.0.0.1:{env['RABBITMQ_PROMETHEUS_PORT']}/metrics",
         ]
     if name == "ferretdb":
         return [f"tcp://127.0.0.1:{env['FERRETDB_PORT']}"]

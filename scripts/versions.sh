@@ -18,3 +18,15 @@ FERRETDB_BINARY=ferretdb-$FERRETDB_VERSION-pixpress-$FERRETDB_PATCH_HASH
 MINIO_MODULE=github.com/minio/minio
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 MINIO_BINARY=minio-$MINIO_VERSION
+
+# promtool (checks and unit-tests deploy/observability's alert rules) and promcheck (our PromQL metric-name lister),
+# both built from the Go module in scripts/prometheus, which pins Prometheus (v0.316.0 = Prometheus v3.16.0). The
+# binaries' names carry a hash of that module's go.mod, go.sum and main.go and of promtool's build tags, so a new
+# pin rebuilds them. The tags leave out Prometheus's service-discovery plugins but DNS (the compose scrape config
+# uses it): install.sh says why.
+PROMETHEUS_TOOLS_DIR=$REPO/scripts/prometheus
+PROMTOOL_TAGS="remove_all_sd enable_dns_sd"
+PROMETHEUS_TOOLS_HASH=$( (cat "$PROMETHEUS_TOOLS_DIR/go.mod" "$PROMETHEUS_TOOLS_DIR/go.sum" "$PROMETHEUS_TOOLS_DIR/main.go" &&
+    printf '%s\n' "$PROMTOOL_TAGS") | sha256sum | cut -c1-12)
+PROMTOOL_BINARY=promtool-$PROMETHEUS_TOOLS_HASH
+PROMCHECK_BINARY=promcheck-$PROMETHEUS_TOOLS_HASH

@@ -27,6 +27,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
+from shared.cache import CacheKind
 from shared.messages import Progress, RequestFinished, RequestStatus
 
 ACCEPTED_MESSAGE: Final = "CSV received and processing started."
@@ -119,6 +120,16 @@ class ProgressView(ApiModel):
     bytes_out: int = Field(ge=0, description="Bytes stored after compression.")
     savings_percent: float | None = Field(
         description="`100 * (1 - bytes_out / bytes_in)`, two decimals; null before the first image is done."
+    )
+    images_cached: int = Field(
+        ge=0,
+        description="Of `images_done`: outputs reused without compressing again, because the same bytes were "
+        "compressed before at the same settings (`PIXPRESS_CACHE`).",
+    )
+    images_revalidated: int = Field(
+        ge=0,
+        description="Of `images_cached`: the image host answered 304 Not Modified, so the image was not even "
+        "downloaded.",
     )
 
     @classmethod
@@ -227,6 +238,12 @@ class ImageView(ApiModel):
     format_out: str | None = Field(description="`JPEG` or `WEBP`; null like `format_in`.")
     bytes_in: int | None = Field(ge=0, description="Bytes downloaded; null unless `done`.")
     bytes_out: int | None = Field(ge=0, description="Bytes stored; null unless `done`.")
+    cache: CacheKind | None = Field(
+        description="How the output was reused without compressing again (`revalidated`: the host answered 304 "
+        "and nothing was downloaded, `bytes_in` is the size it had; `same_bytes`: these bytes were compressed "
+        "before), as in the product's `image_cache`; null when it was compressed for this request, and unless "
+        "`done`."
+    )
     thumbnails: dict[str, str] = Field(
         description="Paths of downscaled previews (`original`, and `compressed` once done) served by this API: "
         "`GET /requests/{request_id}/images/{row}/{index}/thumb`."
@@ -245,6 +262,11 @@ class ProductView(ApiModel):
         description="One slot per input URL, same order; null until done, and when the image failed."
     )
     image_errors: list[str | None] = Field(description="One slot per input URL; why the image failed, else null.")
+    image_cache: list[CacheKind | None] = Field(
+        description="One slot per input URL: how its output was reused without compressing again (`revalidated`: "
+        "the host answered 304; `same_bytes`: these bytes were compressed before), null when it was compressed "
+        "for this request, failed or is pending."
+    )
     pending: int = Field(ge=0, description="Images of this product not settled yet.")
     images: list[ImageView] = Field(description="The same per image, with formats, sizes and thumbnails.")
 

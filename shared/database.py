@@ -134,6 +134,19 @@ class Database:
         return self.db["request_hours_state"]
 
     @property
+    def url_validators(self) -> AsyncCollection:
+        """Per image URL (``_id`` = ``shared.cache.url_record_id``): its origin's validators, the SHA-256 of what
+        it served and where that output is (docs/cache.md). Written by the aggregator alone (whole-document
+        replaces, so a lost race on FerretDB leaves an older but consistent record), read by the fan-out."""
+        return self.db["url_validators"]
+
+    @property
+    def cache_candidates(self) -> AsyncCollection:
+        """Shared outputs (``_id`` = object key) whose last known reference went with an expired request: retention
+        checks each, and deletes the object when nothing points to it any more (services/aggregator/retention.py)."""
+        return self.db["cache_candidates"]
+
+    @property
     def retention_state(self) -> AsyncCollection:
         """One document, the retention cursor: the last hour whose finished requests are all deleted."""
         return self.db["retention_state"]
@@ -162,6 +175,10 @@ class Database:
         await self.requests.create_index([("outbox_pending", ASCENDING)], name="outbox_pending")
         await self.requests.create_index([("finished_hour", ASCENDING)], name="finished_hour")
         await self.requests.create_index([("created_hour", ASCENDING)], name="created_hour")
+        # the output cache (docs/cache.md): retention asks whether any result still points to a shared object, and
+        # deletes URL records by the hour they were stored
+        await self.results.create_index([("cache_object", ASCENDING)], name="cache_object")
+        await self.url_validators.create_index([("stored_hour", ASCENDING)], name="stored_hour")
 
     async def healthy(self) -> bool:
         try:

@@ -15,6 +15,7 @@ from urllib.parse import urljoin
 import aiohttp
 from yarl import URL
 
+from shared.cache import MAX_ETAG_LENGTH, MAX_LAST_MODIFIED_LENGTH, printable_validator
 from shared.reasons import describe_client_error
 from shared.settings import Settings
 from shared.url_guard import BlockedAddressError, check_url, guarded_connector, refusal_behind
@@ -39,11 +40,48 @@ class DownloadLimits:
     allow_private: bool
 
 
+@dataclass(frozen=True)
+class Validators:
+    """An origin's validators for what it served (``ETag``, ``Last-Modified``), as it sent them."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.etag or self.last_modified)
+
+    def conditional_headers(self) -> dict[str, str]:
+        headers = {}
+        if self.etag:
+            headers["If-None-Match"] = self.etag
+        if self.last_modified:
+            headers["If-Modified-Since"] = self.last_modified
+        return headers
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A download's outcome: the body and the validators that came with it, or ``not_modified`` (a 304 to a
+    conditional request: the origin still serves what those validators describe)."""
+
+    body: bytes = b""
+    validators: Validators = Validators()
+    not_modified: bool = False
+
+
 async def download(session: aiohttp.ClientSession, url: str, limits: DownloadLimits) -> bytes:
     """Return the body of ``url`` or raise :class:`DownloadError`; never reads more than ``max_bytes``."""
+    return (await fetch(session, url, limits)).body
+
+
+async def fetch(
+    session: aiohttp.ClientSession, url: str, limits: DownloadLimits, known: Validators | None = None
+) -> Fetched:
+    """Like :func:`download`, conditional when ``known`` holds validators: every hop of the redirect chain carries
+    If-None-Match / If-Modified-Since, and a 304 at its end comes back as ``not_modified`` without a body."""
     try:
         async with asyncio.timeout(limits.total_timeout):
-            return await _follow(session, url, limits)
+            return await _follow(session, url, limits, known or Validators())
     except aiohttp.SocketTimeoutError:
         # the session's sock_read timeout: the host stopped sending (a hang), not the overall download limit
         raise DownloadError(
@@ -72,11 +110,12 @@ def _seconds(value: float | None) -> str:
     return "?s" if value is None else f"{value:g}s"
 
 
-async def _follow(session: aiohttp.ClientSession, url: str, limits: DownloadLimits) -> bytes:
+async def _follow(session: aiohttp.ClientSession, url: str, limits: DownloadLimits, known: Validators) -> Fetched:
     target: URL = check_url(url, limits.allow_private)
+    headers = known.conditional_headers()
     for _hop in range(limits.max_redirects + 1):
         # the URL object the guard decided on is the one aiohttp connects with: no second parse
-        async with session.get(target, allow_redirects=False) as response:
+        async with session.get(target, allow_redirects=False, headers=headers) as response:
             if response.status in _REDIRECTS:
                 location = response.headers.get("Location")
                 if not location:
@@ -90,9 +129,20 @@ async def _follow(session: aiohttp.ClientSession, url: str, limits: DownloadLimi
                 except BlockedAddressError as exc:
                     raise DownloadError(f"redirect refused: {exc}", transient=False) from None
                 continue
+            if response.status == 304 and headers:
+                return Fetched(not_modified=True)
             _raise_for_status(response.status)
-            return await _read_limited(response, limits.max_bytes)
+            body = await _read_limited(response, limits.max_bytes)
+            return Fetched(body, _validators(response))
     raise DownloadError(f"more than {limits.max_redirects} redirects", transient=False)
+
+
+def _validators(response: aiohttp.ClientResponse) -> Validators:
+    """The validators worth remembering: ones that can be sent back as they came, of bounded length."""
+    return Validators(
+        printable_validator(response.headers.get("ETag"), MAX_ETAG_LENGTH),
+        printable_validator(response.headers.get("Last-Modified"), MAX_LAST_MODIFIED_LENGTH),
+    )
 
 
 def _raise_for_status(status: int) -> None:

@@ -6,7 +6,8 @@ half done; each rule below has this one owner so that they cannot drift apart:
 
 * which statuses are still open (a final status is written once and never changes);
 * the write that ends a request: conditional on the request still being open, so one writer wins, and setting
-  ``outbox_pending`` in the same document write, so the intent to announce it survives a crash;
+  ``outbox_pending`` in the same document write, so the intent to announce it survives a crash; the writer that
+  wins counts the request in ``pixpress_requests_finished_total`` (so it counts once, whoever ends it);
 * the counts a request document carries, as :class:`~shared.messages.Progress`;
 * the outbox: the ``request.finished`` event built from the document, published with a confirm, then the flag
   cleared. A crash in between leaves the flag set and the sweeper publishes again; the notifier keeps one
@@ -19,6 +20,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from shared import metrics
 from shared.broker import Broker
 from shared.database import Database, finished_fields
 from shared.messages import Progress, RequestFinished, RequestStatus, RoutingKey
@@ -50,6 +52,21 @@ def final_status(status: RequestStatus, now: datetime, *, error: str | None, **f
         **finished_fields(now),
         "outbox_pending": True,
     }
+
+
+async def end_request(
+    db: Database, request: Mapping[str, Any], status: RequestStatus, *, error: str | None, **fields: object
+) -> bool:
+    """End ``request`` (its document: ``_id`` and ``created_at`` are used) with ``status`` unless another writer
+    already has; False when one had. The caller then publishes the outbox (:func:`publish_outbox`)."""
+    now = utcnow()
+    won = await db.requests.update_one(
+        still_open(request["_id"]), {"$set": final_status(status, now, error=error, **fields)}
+    )
+    if won.modified_count == 0:
+        return False
+    metrics.request_finished(status.value, request["created_at"], now)
+    return True
 
 
 def progress_of(document: Mapping[str, Any]) -> Progress:

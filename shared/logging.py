@@ -1,4 +1,9 @@
-"""Structured JSON logs on stdout; ``request_id`` is bound through contextvars so every line carries it."""
+"""Structured JSON logs on stdout; ``request_id`` is bound through contextvars so every line carries it.
+
+``service`` is added by a processor, not bound as a contextvar: the broker clears the contextvars at the start of
+every message it hands to a handler (so nothing of an earlier message leaks into its lines), which used to drop
+``service`` from every line a consumed message produced.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,14 @@ def _redact(_logger: object, _name: str, event: MutableMapping[str, Any]) -> Mut
     return event
 
 
+def _service_tagger(service: str) -> structlog.types.Processor:
+    def add_service(_logger: object, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        event.setdefault("service", service)
+        return event
+
+    return add_service
+
+
 def configure_logging(service: str, level: str = "INFO") -> structlog.stdlib.BoundLogger:
     """Route stdlib and structlog output through one JSON renderer tagged with the service name."""
     logging.basicConfig(format="%(message)s", stream=sys.stdout, level=level.upper())
@@ -28,6 +41,7 @@ def configure_logging(service: str, level: str = "INFO") -> structlog.stdlib.Bou
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _service_tagger(service),
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _redact,
@@ -38,5 +52,4 @@ def configure_logging(service: str, level: str = "INFO") -> structlog.stdlib.Bou
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )
-    structlog.contextvars.bind_contextvars(service=service)
     return structlog.get_logger()

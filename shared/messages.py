@@ -31,6 +31,7 @@ class RoutingKey(StrEnum):
     REQUEST_ACCEPTED = "request.accepted"
     IMAGE_TODO = "image.todo"
     IMAGE_SUSPECT = "image.suspect"
+    IMAGE_BATCH = "image.batch"
     IMAGE_DONE = "image.done"
     REQUEST_FINISHED = "request.finished"
 
@@ -42,6 +43,8 @@ class Queue(StrEnum):
     IMAGES = "compressor.images"
     # redelivered image tasks, processed one at a time per compressor (see services/compressor/worker.py)
     IMAGES_SUSPECT = "compressor.images.suspect"
+    # image tasks whose URL is known (the output cache): a few dozen per message, revalidated together
+    IMAGES_BATCH = "compressor.images.batch"
     RESULTS = "aggregator.results"
     WEBHOOKS = "notifier.webhooks"
 
@@ -50,6 +53,7 @@ QUEUE_BINDINGS: dict[Queue, RoutingKey] = {
     Queue.FANOUT: RoutingKey.REQUEST_ACCEPTED,
     Queue.IMAGES: RoutingKey.IMAGE_TODO,
     Queue.IMAGES_SUSPECT: RoutingKey.IMAGE_SUSPECT,
+    Queue.IMAGES_BATCH: RoutingKey.IMAGE_BATCH,
     Queue.RESULTS: RoutingKey.IMAGE_DONE,
     Queue.WEBHOOKS: RoutingKey.REQUEST_FINISHED,
 }
@@ -77,6 +81,22 @@ class RequestAccepted(Message):
     request_id: str
 
 
+class SourceRecord(Message):
+    """One download of a URL: its origin's validators, the SHA-256 of its bytes and where their output is.
+
+    In an ``ImageTask`` (``known``): what pixpress remembers of the URL, so the compressor can ask the origin
+    whether it changed (If-None-Match / If-Modified-Since). In an ``ImageResult`` (``source``): what a download
+    just found, for the aggregator to remember under ``url_id`` (docs/cache.md).
+    """
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+    etag: str | None = Field(default=None, max_length=256)
+    last_modified: str | None = Field(default=None, max_length=64)
+    object_key: str = Field(max_length=256)
+    url_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
 class ImageSlot(Message):
     """Which image a task or result is about: the ``index``-th URL of CSV row ``row`` (1 = first data row)."""
 
@@ -91,11 +111,21 @@ class ImageTask(ImageSlot):
 
     url: str
     attempt: int = Field(default=1, ge=1)
+    # set by the fan-out when the URL was downloaded before with validators (PIXPRESS_CACHE=on)
+    known: SourceRecord | None = None
 
     def settled(self, *, ok: bool, **outcome: object) -> ImageResult:
         """The result that settles this task's slot."""
         slot = {name: getattr(self, name) for name in ImageSlot.model_fields}
         return ImageResult.model_validate({**slot, "ok": ok, **outcome})
+
+
+class ImageBatch(Message):
+    """Image tasks of one request whose URLs pixpress downloaded before (each has ``known``): one message for
+    dozens of revalidations that each cost about a millisecond, where per-message costs (a persistent delivery
+    and its ack, a confirmed publish) would otherwise be most of the work (docs/cache.md)."""
+
+    tasks: list[ImageTask] = Field(min_length=1, max_length=1000)
 
 
 class ImageResult(ImageSlot):
@@ -106,13 +136,22 @@ class ImageResult(ImageSlot):
     error: str | None = None
     bytes_in: int = 0
     bytes_out: int = 0
-    # how the image was encoded: "dct" (JPEG re-quantised in the DCT domain) or "pillow" (decoded to pixels);
-    # None on failures and from compressors that predate the field
+    # how the output was encoded: "dct" (JPEG re-quantised in the DCT domain) or "pillow" (decoded to pixels),
+    # now or, for a cached output, when it was made; None on failures and from compressors that predate the field
     codec: str | None = None
     # the format the original decoded as (Pillow's name: JPEG, PNG, WEBP, GIF, MPO, ...) and the one stored (JPEG or
-    # WEBP), for the console; None on failures and from compressors that predate the fields
+    # WEBP), for the console; for a cached output read back from the shared object (format_in is None for objects
+    # stored before it was recorded); None on failures and from compressors that predate the fields
     format_in: str | None = None
     format_out: str | None = None
+    # the output was reused and no codec ran for this image; ``cache`` says why: "revalidated" (the origin
+    # answered 304, nothing was downloaded) or "same_bytes" (these bytes were compressed before); docs/cache.md
+    cached: bool = False
+    cache: str | None = Field(default=None, max_length=32)
+    # the shared, content-addressed object the output URL names (images/c/...), None for per-request outputs
+    cache_object: str | None = Field(default=None, max_length=256)
+    # what this download found, for the aggregator to remember per URL (only when the origin sent validators)
+    source: SourceRecord | None = None
 
 
 class Progress(Message):
@@ -124,6 +163,8 @@ class Progress(Message):
     images_failed: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    images_cached: int = 0  # of images_done: outputs reused without a codec run (docs/cache.md)
+    images_revalidated: int = 0  # of images_cached: the origin answered 304, nothing was downloaded
 
     @property
     def images_settled(self) -> int:

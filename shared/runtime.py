@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 
 from shared.api_models import Health, json_body
+from shared.metrics import metrics_routes
 
 HealthCheck = Callable[[], Awaitable[dict[str, bool]]]
 
@@ -18,17 +19,17 @@ log = structlog.get_logger()
 
 
 def health_routes(check: HealthCheck) -> list[web.RouteDef]:
-    """``GET /healthz``: 200 when every dependency answers, 503 naming the ones that do not."""
+    """``GET /healthz``: 200 when every dependency answers, 503 naming the ones that do not; and ``GET /metrics``."""
 
     async def healthz(_request: web.Request) -> web.Response:
         health = Health.of(await check())
         return web.json_response(json_body(health), status=200 if health.status == "ok" else 503)
 
-    return [web.get("/healthz", healthz)]
+    return [web.get("/healthz", healthz), *metrics_routes()]
 
 
 async def start_health_server(check: HealthCheck, host: str, port: int) -> web.AppRunner | None:
-    """Workers have no API, so they expose only the health route; port 0 turns it off."""
+    """Workers have no API, so they expose only the health and metrics routes; port 0 turns them off."""
     if port == 0:
         return None
     app = web.Application()

@@ -51,8 +51,9 @@ class Settings(BaseSettings):
     api_port: int = Field(default=5000, ge=1, le=65535, description="port the API listens on")
     api_key: SecretStr | None = Field(
         default=None,
-        description="when set, every route but `/healthz` and the `/docs` page (Swagger UI's shell, which asks for the "
-        "key) needs this value in an `X-API-Key` header, `/openapi.json` included; unset: the API is open",
+        description="when set, every route but `/healthz`, `/metrics` (Prometheus scrapes it; docs/security.md) and "
+        "the `/docs` page (Swagger UI's shell, which asks for the key) needs this value in an `X-API-Key` header, "
+        "`/openapi.json` included; unset: the API is open",
     )
     api_header_timeout: float = Field(
         default=15.0,
@@ -67,12 +68,13 @@ class Settings(BaseSettings):
     )
 
     # --- health endpoint for the workers (ingest answers on its API port) -----------------------------
-    health_host: str = Field(default="127.0.0.1", description="address of the workers' `/healthz`")
+    health_host: str = Field(default="127.0.0.1", description="address of the workers' `/healthz` and `/metrics`")
     health_port: int = Field(
         default=0,
         ge=0,
         le=65535,
-        description="port of the workers' `/healthz` (compressor, aggregator, notifier); 0: off",
+        description="port of the workers' `/healthz` and `/metrics` (compressor, aggregator, notifier); 0: off. "
+        "The native stack, compose and Kubernetes set one per process (docs/observability.md)",
     )
 
     # --- input limits -----------------------------------------------------------------------------------
@@ -107,6 +109,12 @@ class Settings(BaseSettings):
         description="on: JPEGs are re-quantised in the DCT domain instead of decoded to pixels "
         "(docs/jpeg-fast-path.md); off: every image through Pillow",
     )
+    cache: bool = Field(
+        default=True,
+        description="on: outputs are stored under a key of the source bytes and every setting that changes them, "
+        "and reused; known URLs are revalidated with If-None-Match / If-Modified-Since (docs/cache.md); off: every "
+        "image is downloaded and compressed again and stored under its request",
+    )
     compressor_prefetch: int = Field(default=8, ge=1, description="image tasks in flight per compressor process")
     compressor_workers: int = Field(default=1, ge=1, description="codec threads per compressor process")
     image_max_attempts: int = Field(
@@ -134,7 +142,9 @@ class Settings(BaseSettings):
         default=None,
         ge=1,
         description="delete finished requests (records and stored objects) this many days after they finished "
-        "(docs/retention.md); unset keeps everything",
+        "(docs/retention.md), and shared cache objects no result points to once they went unused as long; compressors "
+        "reuse a shared object only while it is younger than half of it, so give every service the same value "
+        "(docs/cache.md); unset keeps everything",
     )
 
     # --- webhooks ---------------------------------------------------------------------------------------

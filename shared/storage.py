@@ -19,11 +19,15 @@ import contextlib
 import io
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from typing import BinaryIO, TypeVar
+from urllib.parse import quote
 
 import structlog
 from minio import Minio
+from minio.commonconfig import REPLACE, CopySource
 from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, S3Error, ServerError
 from tenacity import (
@@ -47,7 +51,19 @@ STORAGE_ERRORS = (S3Error, ServerError, InvalidResponseError, HTTPError, OSError
 _TRANSIENT_CODES = frozenset(
     {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "XMinioServerNotInitialized"}
 )
+_MISSING = ("NoSuchKey", "NoSuchObject")
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """What a HEAD says about an object: enough to reuse it without reading it."""
+
+    key: str
+    size: int
+    last_modified: datetime
+    content_type: str
+    metadata: dict[str, str]  # user metadata (x-amz-meta-*), names lower-case without the prefix
 
 
 def is_transient(error: BaseException) -> bool:
@@ -80,6 +96,12 @@ def _public_read_policy(bucket: str) -> str:
     )
 
 
+def user_metadata(headers: Mapping[str, str]) -> dict[str, str]:
+    """The ``x-amz-meta-*`` headers of an object, by their names lower-case without the prefix."""
+    prefix = "x-amz-meta-"
+    return {name.lower()[len(prefix) :]: value for name, value in headers.items() if name.lower().startswith(prefix)}
+
+
 def _retry_logger(operation: str, key: str) -> Callable[[RetryCallState], None]:
     def log_retry(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome is not None else None
@@ -102,6 +124,7 @@ class Storage:
         self._retry_seconds = settings.storage_retry_seconds
         self._bucket = settings.s3_bucket
         self._public_base = settings.public_base
+        self._endpoint = f"{'https' if settings.s3_secure else 'http'}://{settings.s3_endpoint}"
         self._client = Minio(
             settings.s3_endpoint,
             access_key=settings.s3_access_key.get_secret_value(),
@@ -162,26 +185,90 @@ class Storage:
 
         return await self._retrying("get", key, get)
 
-    async def _retrying(self, operation: str, key: str, call: Callable[[], T]) -> T:
-        """Run the blocking ``call`` in a thread, again after each transient failure until the retry time is up
-        (the last try may start up to one backoff, at most 5 s, before that); then, or on a permanent error, the
-        error is raised. ``call`` must be safe to repeat from the start."""
+    def endpoint_url(self, key: str) -> str:
+        """The object at the storage endpoint itself (path style), not behind the public base URL (a CDN may
+        answer from its own cache there)."""
+        return f"{self._endpoint}/{self._bucket}/{quote(key)}"
+
+    async def retrying(
+        self,
+        operation: str,
+        key: str,
+        call: Callable[[], Awaitable[T]],
+        transient: Callable[[BaseException], bool] = is_transient,
+    ) -> T:
+        """Await ``call()`` again after each transient failure until the retry time is up (the last try may start
+        up to one backoff, at most 5 s, before that); then, or on a permanent error, the error is raised. ``call``
+        must be safe to repeat from the start. Public for storage requests made without minio-py (the output
+        cache's anonymous HEAD), which pass what counts as transient for their client."""
         async for attempt in AsyncRetrying(
             stop=stop_after_delay(self._retry_seconds),
             wait=wait_exponential_jitter(multiplier=0.2, max=5),
-            retry=retry_if_exception(is_transient),
+            retry=retry_if_exception(transient),
             before_sleep=_retry_logger(operation, key),
             reraise=True,
         ):
             with attempt:
-                return await asyncio.to_thread(call)
+                return await call()
         raise AssertionError("unreachable: AsyncRetrying either returns or raises")
 
-    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+    async def _retrying(self, operation: str, key: str, call: Callable[[], T]) -> T:
+        """:meth:`retrying` for a blocking minio-py ``call``, run in a worker thread."""
+        return await self.retrying(operation, key, lambda: asyncio.to_thread(call))
+
+    async def put_bytes(
+        self, key: str, data: bytes, content_type: str, metadata: dict[str, str] | None = None
+    ) -> None:
+        """``metadata``: user metadata, stored as ``x-amz-meta-<name>`` headers (see :meth:`stat`)."""
+
         def put() -> None:
-            self._client.put_object(self._bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+            self._client.put_object(
+                self._bucket,
+                key,
+                io.BytesIO(data),
+                len(data),
+                content_type=content_type,
+                metadata=metadata,  # type: ignore[arg-type]
+            )
 
         await self._retrying("put", key, put)
+
+    async def stat(self, key: str) -> StoredObject | None:
+        """HEAD the object; None when it does not exist."""
+        return await self._retrying("stat", key, lambda: self._stat_sync(key))
+
+    def _stat_sync(self, key: str) -> StoredObject | None:
+        try:
+            found = self._client.stat_object(self._bucket, key)
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                return None
+            raise
+        assert found.last_modified is not None and found.size is not None
+        metadata = user_metadata(found.metadata or {})
+        return StoredObject(key, found.size, found.last_modified, found.content_type or "", metadata)
+
+    async def touch(self, stored: StoredObject) -> bool:
+        """Move the object's Last-Modified to now without moving its bytes (a copy onto itself replacing its
+        metadata, which MinIO does in the metadata alone); False when it no longer exists. Safe to repeat."""
+        return await self._retrying("touch", stored.key, lambda: self._touch_sync(stored))
+
+    def _touch_sync(self, stored: StoredObject) -> bool:
+        metadata = {f"x-amz-meta-{name}": value for name, value in stored.metadata.items()}
+        metadata["Content-Type"] = stored.content_type
+        try:
+            self._client.copy_object(
+                self._bucket,
+                stored.key,
+                CopySource(self._bucket, stored.key),
+                metadata=metadata,  # type: ignore[arg-type]
+                metadata_directive=REPLACE,
+            )
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                return False
+            raise
+        return True
 
     async def put_stream(self, key: str, stream: BinaryIO, length: int, content_type: str) -> None:
         """``stream`` must be seekable: every try sends it again from where it stood at the call."""

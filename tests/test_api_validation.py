@@ -733,6 +733,18 @@ async def test_health_is_open_without_a_key(keyed_api: TestClient):
         assert response.status == 200, await response.text()
 
 
+async def test_metrics_are_open_without_a_key_and_never_show_it(keyed_api: TestClient):
+    """Prometheus scrapes /metrics without the key (docs/security.md says why and what the page shows)."""
+    async with keyed_api.get("/metrics") as response:
+        assert response.status == 200, await response.text()
+        assert response.content_type == "text/plain"
+        page = await response.text()
+    assert "process_resident_memory_bytes" in page
+    assert "s3cret-key-for-tests" not in page
+    async with keyed_api.get("/metrics/anything-else") as response:  # an open route, not an open path prefix
+        assert response.status == 401
+
+
 async def test_the_openapi_document_needs_the_key_and_the_docs_shell_does_not(keyed_api: TestClient):
     """The document lists every route and limit, so it is protected like every route but /healthz. The /docs page
     is Swagger UI's shell (a browser cannot send the header on navigation): it holds nothing about the API, asks

@@ -259,7 +259,8 @@ def test_k8s_compressor_is_autoscaled_on_its_queue(k8s_docs):
     assert "replicas" not in _of_kind(k8s_docs, "Deployment")["compressor"]["spec"], "KEDA owns the replica count"
     assert 1 <= scaled["spec"].get("minReplicaCount", 0) < scaled["spec"]["maxReplicaCount"]
     triggers = scaled["spec"]["triggers"]
-    assert [t["metadata"]["queueName"] for t in triggers] == [Queue.IMAGES.value, Queue.IMAGES_SUSPECT.value]
+    queues = [Queue.IMAGES.value, Queue.IMAGES_SUSPECT.value, Queue.IMAGES_BATCH.value]
+    assert [t["metadata"]["queueName"] for t in triggers] == queues
     for trigger in triggers:
         assert trigger["type"] == "rabbitmq"
         assert trigger["metadata"]["mode"] == "QueueLength"

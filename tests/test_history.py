@@ -26,21 +26,13 @@ from shared.messages import ImageResult
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.timeutil import utcnow
-from testkit.stack import service_env
+from testkit.stack import service_env, service_settings
 from tests.support.client import API, csv_text, upload, wait_final
 from tests.support.photos import encode, photo
+from tests.support.scratch import minio_client, scratch_stores
 from tests.support.servers import ImageHost, WebhookReceiver
 
 COLLECTIONS = ("requests", "products", "results", "progress", "webhooks", "idempotency_keys")
-
-
-def minio_client(settings: Settings) -> Minio:
-    return Minio(
-        settings.s3_endpoint,
-        access_key=settings.s3_access_key.get_secret_value(),
-        secret_key=settings.s3_secret_key.get_secret_value(),
-        secure=settings.s3_secure,
-    )
 
 
 def stored_objects(client: Minio, bucket: str, request_id: str) -> list[str]:
@@ -110,7 +102,11 @@ async def test_the_aggregator_deletes_expired_requests_everywhere_and_keeps_rece
         await asyncio.sleep(0.1)  # the notifier records the attempt after the POST
     before = await traces(stack_db, expired, key)
     assert before == {"requests": 1, "products": 2, "results": 3, "progress": 0, "webhooks": 1, "idempotency_keys": 1}
-    assert len(stored_objects(minio, settings.s3_bucket, expired)) == 5  # input CSV, 3 images, output CSV
+    # input CSV and output CSV, and the 3 images unless they are shared outputs of the cache (docs/cache.md)
+    cached = service_settings().cache
+    assert len(stored_objects(minio, settings.s3_bucket, expired)) == (2 if cached else 5)
+    shared = {doc["cache_object"] async for doc in stack_db.results.find({"request_id": expired})} - {None}
+    assert len(shared) == (1 if cached else 0)  # one photo, three slots, two requests: one object
 
     # live: still downloading (the host hangs for ~20 s of retries), created long before the cutoff
     live = (await (await upload(http, csv_text([("L1", "Slow", [image_host.url("/hang")])]))).json())["request_id"]
@@ -138,7 +134,10 @@ async def test_the_aggregator_deletes_expired_requests_everywhere_and_keeps_rece
     survivor = await stack_db.requests.find_one({"_id": live})
     assert survivor is not None and survivor["created_at"] == live_created
     assert (await traces(stack_db, recent))["results"] == 3
-    assert len(stored_objects(minio, settings.s3_bucket, recent)) == 5
+    assert len(stored_objects(minio, settings.s3_bucket, recent)) == (2 if cached else 5)
+    storage = Storage(settings)
+    for key in shared:  # the kept request points to it: retention must not have deleted it
+        assert await storage.stat(key) is not None, key
     async with http.get(f"{API}/status/{recent}") as kept:
         assert (await kept.json())["status"] == "Completed"
 
@@ -146,18 +145,8 @@ async def test_the_aggregator_deletes_expired_requests_everywhere_and_keeps_rece
 @pytest.fixture
 async def scratch() -> AsyncIterator[tuple[Database, Storage, Settings]]:
     """A database and a bucket of their own, so the passes counted here are the only ones."""
-    suffix = uuid.uuid4().hex[:8]
-    settings = Settings(mongo_db=f"pixpress_test_retention_{suffix}", s3_bucket=f"pixpress-test-retention-{suffix}")
-    db, storage = Database(settings), Storage(settings)
-    await db.connect()
-    await storage.ensure_bucket()
-    yield db, storage, settings
-    await db.client.drop_database(settings.mongo_db)
-    minio = minio_client(settings)
-    for item in minio.list_objects(settings.s3_bucket, recursive=True):
-        minio.remove_object(settings.s3_bucket, item.object_name)
-    minio.remove_bucket(settings.s3_bucket)
-    await db.close()
+    async with scratch_stores("retention") as stores:
+        yield stores
 
 
 async def write_request(

@@ -29,9 +29,10 @@ from tests.support.photos import encode, photo
 from tests.support.servers import ImageHost
 from tests.support.staged import insert_as_ingest, request_document
 
-# fields a later version might add: a priority for the task, a cache verdict for the result
+# fields a later version might add: a priority for the task, a thumbnail for the result (not the output cache's
+# fields: those are known now)
 NEWER_TASK_FIELDS = {"priority": 5, "source_sha256": "9f86d081884c7d659a2feaa0c55ad015"}
-NEWER_RESULT_FIELDS = {"cached": True, "encoder": {"name": "dct", "version": 2}}
+NEWER_RESULT_FIELDS = {"thumbnail_url": "http://127.0.0.1:9000/t.jpg", "encoder": {"name": "dct", "version": 2}}
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -121,7 +122,7 @@ async def test_a_result_with_fields_the_aggregator_does_not_know_completes_its_r
     request = await final_request(database, request_id)
     assert request["status"] == RequestStatus.COMPLETED.value, request
     [stored] = await database.results.find({"request_id": request_id}).to_list()
-    assert stored["output_url"] == output and "cached" not in stored
+    assert stored["output_url"] == output and "thumbnail_url" not in stored and "encoder" not in stored
     event = await finished_event(services, request_id)
     assert (event.progress.bytes_in, event.progress.bytes_out) == (100, 40)
 

@@ -11,21 +11,40 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from shared.messages import ImageResult, ImageTask, Message, Progress, RequestAccepted, RequestFinished
+from shared.messages import (
+    ImageBatch,
+    ImageResult,
+    ImageTask,
+    Message,
+    Progress,
+    RequestAccepted,
+    RequestFinished,
+    SourceRecord,
+)
 
 pytestmark = pytest.mark.pure
 
 REQUEST_ID = "3f2c8a1e-9b7d-4c55-8e0f-2a6b1d9c7e41"
+SOURCE = {
+    "sha256": "9f" * 32,
+    "size": 1200,
+    "etag": '"v1"',
+    "last_modified": "Thu, 03 Dec 2026 10:00:00 GMT",
+    "object_key": f"images/c/{'ab' * 32}.jpg",
+}
+TASK = {
+    "request_id": REQUEST_ID,
+    "product_id": f"{REQUEST_ID}:1",
+    "row": 1,
+    "index": 0,
+    "url": "https://img.example/a.jpg",
+    "attempt": 2,
+}
 EXAMPLES: dict[type[Message], dict[str, Any]] = {
     RequestAccepted: {"request_id": REQUEST_ID},
-    ImageTask: {
-        "request_id": REQUEST_ID,
-        "product_id": f"{REQUEST_ID}:1",
-        "row": 1,
-        "index": 0,
-        "url": "https://img.example/a.jpg",
-        "attempt": 2,
-    },
+    ImageTask: TASK,
+    SourceRecord: SOURCE,
+    ImageBatch: {"tasks": [{**TASK, "known": SOURCE}, {**TASK, "index": 1, "known": SOURCE}]},
     ImageResult: {
         "request_id": REQUEST_ID,
         "product_id": f"{REQUEST_ID}:1",
@@ -48,6 +67,8 @@ EXAMPLES: dict[type[Message], dict[str, Any]] = {
 MALFORMED: dict[type[Message], tuple[str, object]] = {
     RequestAccepted: ("request_id", 42),
     ImageTask: ("row", "first"),
+    SourceRecord: ("sha256", "not a digest"),
+    ImageBatch: ("tasks", []),  # a batch holds at least one task
     ImageResult: ("ok", "perhaps"),
     Progress: ("images_done", "many"),
     RequestFinished: ("status", "Done"),  # not one of the seed's four spellings
@@ -80,7 +101,7 @@ def test_a_field_the_reader_does_not_know_is_ignored(model: type[Message]):
 
 
 def test_a_newer_progress_inside_a_finished_event_is_read_too():
-    event = {**EXAMPLES[RequestFinished], "progress": {"images_total": 3, "images_done": 3, "images_cached": 2}}
+    event = {**EXAMPLES[RequestFinished], "progress": {"images_total": 3, "images_done": 3, "images_resized": 2}}
     parsed = RequestFinished.model_validate_json(json.dumps(event))
     assert (parsed.progress.images_total, parsed.progress.images_done) == (3, 3)
     assert parsed.finished_at == datetime(2026, 12, 3, 10, tzinfo=UTC)

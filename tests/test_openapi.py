@@ -4,7 +4,7 @@ really does, and /docs shows it with Swagger UI served from this server.
 schemathesis generates requests from the document (valid and invalid: malformed ids, out-of-range paging,
 missing fields) and checks every answer's status, content type, headers and body against it. Those random ids
 never exist, so a second test drives one real request to completion and validates every answer it meets on
-the way (each status poll, the detail, product pages, the output redirect, refusals, health) and the webhook
+the way (each status poll, the detail, product pages, the output redirect, refusals, health, metrics) and the webhook
 the notifier POSTs, against the same document.
 """
 
@@ -208,7 +208,8 @@ async def test_a_keyed_server_documents_its_key(keyed_api: TestClient):
     operations = [(path, item[method]) for path, item in served["paths"].items() for method in item]
     locked = {path for path, operation in operations if "401" in operation["responses"]}
     assert locked == {path for path, operation in operations if operation.get("security") != []}
-    shells = {"/healthz", "/docs", "/", "/console/requests/{request_id}"}  # the pages hold no data
+    # the probes, and the pages that hold no data
+    shells = {"/healthz", "/metrics", "/docs", "/", "/console/requests/{request_id}"}
     assert locked == {op.path for op in routes.OPERATIONS} - shells
 
 
@@ -304,6 +305,10 @@ async def test_every_answer_of_a_real_request_matches_the_document(
     health = await _get(f"{API}/healthz")
     assert health.status_code == 200
     _validate(api_schema, "GET", "/healthz", health)
+
+    scraped = await _get(f"{API}/metrics")
+    assert scraped.status_code == 200 and 'pixpress_uploads_total{outcome="accepted"}' in scraped.text
+    _validate(api_schema, "GET", "/metrics", scraped)
 
 
 async def test_refusals_match_the_document(api_schema: Any):

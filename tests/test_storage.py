@@ -28,6 +28,7 @@ from shared.storage import Storage, is_transient
 from testkit.stack import amqp_url
 from tests.support.photos import photo_bytes
 from tests.support.proxy import FaultProxy
+from tests.support.scratch import minio_client
 
 MINIO_TRIES = 6  # one request and urllib3's 5 retries (minio.Minio's default http client)
 SETTINGS = Settings()
@@ -52,12 +53,7 @@ def storage_behind(proxy: FaultProxy, retry_seconds: float = 60.0, **overrides: 
 
 def direct() -> Minio:
     """A client straight to MinIO, to check what really got stored."""
-    return Minio(
-        SETTINGS.s3_endpoint,
-        access_key=SETTINGS.s3_access_key.get_secret_value(),
-        secret_key=SETTINGS.s3_secret_key.get_secret_value(),
-        secure=SETTINGS.s3_secure,
-    )
+    return minio_client(SETTINGS)
 
 
 def stored(key: str) -> bytes:

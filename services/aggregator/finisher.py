@@ -19,11 +19,10 @@ import structlog
 from services.aggregator.output_csv import join_results, write_output_csv
 from shared.broker import Broker
 from shared.database import Database
-from shared.lifecycle import final_status, is_open, publish_outbox, still_open
+from shared.lifecycle import end_request, is_open, publish_outbox
 from shared.locks import KeyedLocks
 from shared.messages import RequestStatus
 from shared.storage import Storage
-from shared.timeutil import utcnow
 
 log = structlog.get_logger()
 
@@ -88,26 +87,30 @@ class Finisher:
         status = RequestStatus.COMPLETED if summary.images_done > 0 else RequestStatus.FAILED
         error = None if status is RequestStatus.COMPLETED else "no image could be processed; see the errors column"
         bytes_in, bytes_out = await self._bytes(request_id)
-        ending = final_status(
+        won = await end_request(
+            self.db,
+            request,
             status,
-            utcnow(),
             error=error,
             output_csv_url=output_url,
             images_done=summary.images_done,
             images_failed=summary.images_failed,
+            images_cached=summary.images_cached,
+            images_revalidated=summary.images_revalidated,
             bytes_in=bytes_in,
             bytes_out=bytes_out,
         )
-        won = await self.db.requests.update_one(still_open(request_id), {"$set": ending})
-        if won.modified_count == 0:
-            log.info("finish_lost_race")
+        if not won:
+            log.info("finish_lost_race", request_id=request_id)
             return
         await self.db.progress.delete_one({"_id": request_id})  # the exact counts now live in the request
         log.info(
             "request_finished",
+            request_id=request_id,  # explicit: the sweeper and a batch of several requests call this too
             status=status.value,
             images_done=summary.images_done,
             images_failed=summary.images_failed,
+            images_cached=summary.images_cached,
             output_bytes=size,
         )
         await publish_outbox(self.db, self.broker, request_id)

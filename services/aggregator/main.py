@@ -8,6 +8,7 @@ from services.aggregator.finisher import Finisher
 from services.aggregator.retention import Retention
 from services.aggregator.sweeper import Sweeper
 from services.aggregator.tracker import ResultTracker
+from shared import metrics
 from shared.broker import Broker
 from shared.database import Database
 from shared.logging import configure_logging
@@ -20,6 +21,7 @@ from shared.storage import Storage
 async def run() -> None:
     settings = get_settings()
     log = configure_logging("aggregator", settings.log_level)
+    metrics.register("aggregator")
     stop = install_stop_signals()
     db = Database(settings)
     storage = Storage(settings)

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
+from shared.cache import CacheKind
 from shared.csv_format import ERRORS, INPUT_URLS, NAME, OUTPUT_URLS, SERIAL, neutralise
 
 SPOOL_BYTES = 8 * 1024 * 1024
@@ -22,6 +23,8 @@ SPOOL_BYTES = 8 * 1024 * 1024
 class OutputSummary:
     images_done: int = 0
     images_failed: int = 0
+    images_cached: int = 0  # of images_done
+    images_revalidated: int = 0  # of images_cached
 
 
 @dataclass
@@ -31,6 +34,7 @@ class Slots:
     outputs: list[str | None]
     errors: list[str | None]
     settled: list[bool]
+    cache: list[str | None]  # how a cached output was reused ("revalidated", "same_bytes"), None when made
 
 
 def output_header(extra_columns: list[str]) -> list[str]:
@@ -59,7 +63,7 @@ async def join_results(
     pending: dict[str, Any] | None = await anext(results, None)
     async for product in products:
         count = len(product["input_image_urls"])
-        slots = Slots([None] * count, [None] * count, [False] * count)
+        slots = Slots([None] * count, [None] * count, [False] * count, [None] * count)
         while pending is not None and pending["row"] < product["row"]:
             pending = await anext(results, None)  # a result without a product: ignore it
         while pending is not None and pending["row"] == product["row"]:
@@ -68,6 +72,7 @@ async def join_results(
                 slots.outputs[index] = pending.get("output_url")
                 slots.errors[index] = pending.get("error")
                 slots.settled[index] = True
+                slots.cache[index] = pending.get("cache") if pending.get("cached") else None
             pending = await anext(results, None)
         yield product, slots
 
@@ -84,9 +89,11 @@ async def write_output_csv(
     summary = OutputSummary()
     async for product, slots in rows:
         writer.writerow(output_row(product, slots, extra_columns))
-        for url, settled in zip(slots.outputs, slots.settled, strict=True):
+        for url, settled, cache in zip(slots.outputs, slots.settled, slots.cache, strict=True):
             if url:
                 summary.images_done += 1
+                summary.images_cached += cache is not None
+                summary.images_revalidated += cache == CacheKind.REVALIDATED
             elif settled:
                 summary.images_failed += 1
     text.flush()

@@ -22,10 +22,18 @@ Bounded: a pass deletes at most ``pass_budget`` documents and objects, each data
 ``IDS_PER_QUERY`` ids; what is left waits for the next sweep. Crash-safe and idempotent: a request's own document
 goes last, so a pass cut short anywhere finds the request again and finishes the job, and every step deletes only
 what is still there, so aggregator replicas may run passes at the same time.
+
+Shared outputs (the output cache, ``images/c/``; shared/cache.py, docs/cache.md) belong to no request. Before a
+batch of an expired request's results is deleted, the shared objects they point to become ``cache_candidates``
+(a durable list, so a crash between the two loses nothing). Each pass then takes candidates one by one and deletes
+the object only when no result points to it any more (an index lookup on ``cache_object``) and it has not been
+used for the whole retention window (its ``Last-Modified``, which compressors move forward when they reuse it).
+URL records (``url_validators``) expire by the hour they were stored, like requests by the hour they finished.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -34,7 +42,8 @@ import structlog
 from pymongo.asynchronous.collection import AsyncCollection
 
 from shared import request_hours
-from shared.database import IDS_PER_QUERY, Database, find_by_ids
+from shared.cache import may_delete
+from shared.database import IDS_PER_QUERY, Database, find_by_ids, insert_new
 from shared.lifecycle import FINAL_STATUSES
 from shared.storage import Storage
 from shared.timeutil import hour_key, hour_keys, next_hour, previous_hour, utcnow
@@ -60,15 +69,15 @@ def cutoff_hour_filter(cutoff: datetime) -> dict[str, Any]:
 
 def request_object_prefixes(request_id: str) -> list[str]:
     """Every stored object of a request lives under one of these (see ingest/upload.py, compressor/worker.py,
-    aggregator/finisher.py); nothing under them is shared with another request."""
+    aggregator/finisher.py), except its shared outputs (``images/c/``, see ``Retention._collect_candidates``);
+    nothing under them is shared with another request."""
     return [f"uploads/{request_id}/", f"images/{request_id}/", f"outputs/{request_id}/"]
 
 
 async def delete_request_objects(storage: Storage, request_id: str, limit: int) -> int:
     """Deletes up to ``limit`` of the request's stored objects; returns how many (fewer than ``limit``: all gone).
 
-    The one place that decides which objects die with a request: objects shared between requests must never be
-    deleted here while a request that is kept still points to them.
+    Objects shared between requests are not among them: they go through ``cache_candidates``.
     """
     deleted = 0
     for prefix in request_object_prefixes(request_id):
@@ -87,15 +96,25 @@ class Budget:
 
 
 class Retention:
-    def __init__(self, db: Database, storage: Storage, days: int, pass_budget: int = PASS_BUDGET) -> None:
+    def __init__(
+        self,
+        db: Database,
+        storage: Storage,
+        days: int,
+        pass_budget: int = PASS_BUDGET,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.db = db
         self.storage = storage
+        self.days = days
         self.keep = timedelta(days=days)
         self.pass_budget = pass_budget
+        self.clock = clock
 
     async def run_once(self) -> int:
         """One bounded pass; returns the number of requests it deleted completely."""
-        cutoff = utcnow() - self.keep
+        now = self.clock()
+        cutoff = now - self.keep
         budget = Budget(self.pass_budget)
         deleted = 0
         start = await self._start_hour()
@@ -105,7 +124,7 @@ class Retention:
             chunk = hours[first : first + HOURS_PER_QUERY]
             done, count = await self._expire(expired_hours_filter(chunk), budget)
             deleted += count
-            if not done:
+            if not done or not await self._expire_url_records(chunk, budget):
                 break
             waiting = await self._first_waiting_hour(chunk)
             if waiting is not None and not held:
@@ -116,6 +135,7 @@ class Retention:
         else:
             deleted += (await self._expire(cutoff_hour_filter(cutoff), budget))[1]
         await self._forget_empty_hours(hour_key(cutoff), budget)
+        await self._collect_candidates(now, budget)
         if deleted or budget.left < self.pass_budget:
             log.info(
                 "retention_pass",
@@ -149,8 +169,8 @@ class Retention:
         if budget.left <= 0:
             return False
         documents = 0
-        for collection in (self.db.results, self.db.products):
-            complete, count = await self._delete_documents(collection, request_id, budget)
+        for collection, nominate in ((self.db.results, True), (self.db.products, False)):
+            complete, count = await self._delete_documents(collection, request_id, budget, nominate)
             documents += count
             if not complete:
                 return False
@@ -167,17 +187,23 @@ class Retention:
         log.info("retention_deleted_request", request_id=request_id, objects=objects, documents=documents)
         return True
 
-    @staticmethod
-    async def _delete_documents(collection: AsyncCollection, request_id: str, budget: Budget) -> tuple[bool, int]:
+    async def _delete_documents(
+        self, collection: AsyncCollection, request_id: str, budget: Budget, nominate: bool = False
+    ) -> tuple[bool, int]:
         """The request's documents in ``collection``, ``IDS_PER_QUERY`` at a time (FerretDB deletes by a list of
-        ids: one unbounded ``delete_many`` of a large request would exceed SQLite's parameter limit)."""
+        ids: one unbounded ``delete_many`` of a large request would exceed SQLite's parameter limit). With
+        ``nominate`` (results), the shared outputs a batch points to become candidates before it goes."""
         deleted = 0
+        fields = {"_id": 1, "cache_object": 1} if nominate else {"_id": 1}
         while budget.left > 0:
             size = min(IDS_PER_QUERY, budget.left)
-            cursor = collection.find({"request_id": request_id}, projection={"_id": 1}).limit(size)
-            ids = [document["_id"] async for document in cursor]
-            if not ids:
+            cursor = collection.find({"request_id": request_id}, projection=fields).limit(size)
+            documents = [document async for document in cursor]
+            if not documents:
                 return True, deleted
+            ids = [document["_id"] for document in documents]
+            if nominate:
+                await self._nominate({document.get("cache_object") for document in documents} - {None})
             result = await collection.delete_many({"_id": {"$in": ids}})
             deleted += result.deleted_count
             budget.spend(len(ids))
@@ -202,6 +228,56 @@ class Retention:
         if oldest > listing["oldest"]:  # on a young database the cutoff lies before the oldest hour
             await request_hours.write_state(self.db, oldest=oldest)
             log.info("request_hours_oldest_moved", oldest_hour=oldest)
+
+    async def _nominate(self, keys: set[str]) -> None:
+        """Shared objects whose references are about to go: checked by ``_collect_candidates``."""
+        if not keys:
+            return
+        await insert_new(self.db.cache_candidates, [{"_id": key} for key in sorted(keys)])  # some may be already
+
+    async def _collect_candidates(self, now: datetime, budget: Budget) -> None:
+        """Delete the candidates' objects that nothing points to and nobody used for the whole window.
+
+        A candidate is claimed by deleting it (one claimant wins, on MongoDB with several aggregators too) before
+        its object is looked at: a crash after the claim leaves at worst an unreferenced object in storage, never a
+        reference to a deleted one. Kept objects leave the list too; whichever request points to them next puts
+        them back when it expires.
+        """
+        while budget.left > 0:
+            batch = await self.db.cache_candidates.find({}).limit(min(REQUESTS_PER_QUERY, budget.left)).to_list()
+            if not batch:
+                return
+            for candidate in batch:
+                key = candidate["_id"]
+                if (await self.db.cache_candidates.delete_one({"_id": key})).deleted_count == 0:
+                    continue  # another pass took it
+                budget.spend(1)
+                if await self.db.results.find_one({"cache_object": key}, projection={"_id": 1}) is not None:
+                    continue  # a kept request points to it
+                stored = await self.storage.stat(key)
+                if stored is None:
+                    continue
+                if not may_delete(stored.last_modified, now, self.days):
+                    log.info("retention_kept_shared_object", key=key, last_modified=stored.last_modified.isoformat())
+                    continue
+                await self.storage.delete(key)
+                budget.spend(1)
+                log.info("retention_deleted_shared_object", key=key)
+
+    async def _expire_url_records(self, hours: list[str], budget: Budget) -> bool:
+        """URL records stored in ``hours`` (whole hours before the cutoff); False when the budget ran out first.
+        Deleting a record that is still useful costs one full download of its URL (whose bytes then find their
+        output by hash, and store a new record): records do not follow their use, so nothing writes on a 304."""
+        query = {"stored_hour": {"$in": hours}}
+        while budget.left > 0:
+            size = min(IDS_PER_QUERY, budget.left)
+            cursor = self.db.url_validators.find(query, projection={"_id": 1}).limit(size)
+            ids = [document["_id"] async for document in cursor]
+            if not ids:
+                return True
+            await self.db.url_validators.delete_many({"_id": {"$in": ids}, **query})
+            budget.spend(len(ids))
+        return False
 
     async def _first_waiting_hour(self, hours: list[str]) -> str | None:
         """The earliest of ``hours`` still holding a request that must wait (its completion event is unpublished)."""

@@ -24,6 +24,7 @@ import structlog
 
 from services.aggregator.finisher import Finisher
 from services.aggregator.retention import Retention
+from shared import metrics
 from shared.broker import Broker
 from shared.database import Database
 from shared.lifecycle import OPEN_REQUESTS, OUTBOX_PENDING, progress_of
@@ -65,10 +66,13 @@ class Sweeper:
             await self.finisher.publish_outbox(request["_id"])
         quiet_since = utcnow() - self.stuck_after
         open_requests = self.db.requests.find(
-            OPEN_REQUESTS, projection={"_id": 1, "fanout_complete": 1, "updated_at": 1, "images_total": 1}
+            OPEN_REQUESTS,
+            projection={"_id": 1, "fanout_complete": 1, "updated_at": 1, "images_total": 1, "created_at": 1},
         )
+        seen: list[datetime] = []  # created_at of every open request, for the open-requests gauges
         async for request in open_requests:
             request_id = request["_id"]
+            seen.append(request["created_at"])
             if request.get("fanout_complete"):
                 await self._check_complete(request_id, request.get("images_total", 0), quiet_since)
                 continue
@@ -79,6 +83,7 @@ class Sweeper:
             await self.broker.publish(
                 RoutingKey.REQUEST_ACCEPTED, RequestAccepted(request_id=request_id), message_id=request_id
             )
+        metrics.open_requests_seen(len(seen), min(seen, default=None), utcnow())
         if self.retention is not None:
             await self.retention.run_once()
 

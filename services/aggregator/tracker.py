@@ -12,17 +12,20 @@ been lost in a crash) or from the sweeper when a request goes quiet.
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import datetime
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
-from pymongo import ReturnDocument
+from pymongo import ReplaceOne, ReturnDocument
 
 from services.aggregator.batcher import Batcher
 from services.aggregator.finisher import Finisher
+from shared import metrics
+from shared.cache import CacheKind
 from shared.database import Database, failed_bucket, insert_new, result_id
 from shared.lifecycle import progress_of
-from shared.messages import ImageResult
-from shared.timeutil import utcnow
+from shared.messages import ImageResult, SourceRecord
+from shared.timeutil import hour_key, utcnow
 
 log = structlog.get_logger()
 
@@ -41,11 +44,28 @@ def result_document(result: ImageResult) -> dict:
         "codec": result.codec,
         "format_in": result.format_in,
         "format_out": result.format_out,
+        "cached": result.cached,
+        "cache": result.cache,
+        "cache_object": result.cache_object if result.ok else None,
         "at": utcnow(),
     }
     if not result.ok:
         document["failed_bucket"] = failed_bucket(result.request_id, result.row)
     return document
+
+
+def url_record(source: SourceRecord, now: datetime) -> dict:
+    """The remembered state of one URL, written whole: on FerretDB a lost race between two writers leaves one of
+    two consistent records (validators always with the bytes and output they described), never a mix."""
+    return {
+        "_id": source.url_id,
+        "sha256": source.sha256,
+        "size": source.size,
+        "etag": source.etag,
+        "last_modified": source.last_modified,
+        "object_key": source.object_key,
+        "stored_hour": hour_key(now),  # retention deletes records by the hour they were stored
+    }
 
 
 class ResultTracker:
@@ -55,21 +75,28 @@ class ResultTracker:
         self.batcher: Batcher[ImageResult] = Batcher(self._flush, batch_size, batch_delay)
 
     async def handle(self, result: ImageResult, _message: AbstractIncomingMessage) -> None:
+        structlog.contextvars.bind_contextvars(row=result.row, index=result.index)
         await self.batcher.submit(result)
 
     async def _flush(self, results: list[ImageResult]) -> None:
+        """Runs in a task of its own whose log context is a copy of one submitter's (its request, row and
+        index), so each request's lines are bound to that request here, and to no one image."""
         by_request: dict[str, list[ImageResult]] = defaultdict(list)
         for result in results:
             by_request[result.request_id].append(result)
+        structlog.contextvars.unbind_contextvars("row", "index")
         for request_id, batch in by_request.items():
+            structlog.contextvars.bind_contextvars(request_id=request_id)
             async with self.finisher.locks.hold(request_id):
                 await self._record(request_id, batch)
 
     async def _record(self, request_id: str, batch: list[ImageResult]) -> None:
         duplicates = await insert_new(self.db.results, [result_document(r) for r in batch])
         fresh = [r for i, r in enumerate(batch) if i not in duplicates]
+        metrics.results_recorded(ok=sum(r.ok for r in fresh), failed=sum(not r.ok for r in fresh))
         if duplicates:
             log.info("result_duplicates", request_id=request_id, count=len(duplicates))
+        await self._remember_sources(batch)
         total = await self._images_total(request_id)
         if fresh:
             progress = await self.db.progress.find_one_and_update(
@@ -80,6 +107,8 @@ class ResultTracker:
                         "images_failed": sum(not r.ok for r in fresh),
                         "bytes_in": sum(r.bytes_in for r in fresh),
                         "bytes_out": sum(r.bytes_out for r in fresh),
+                        "images_cached": sum(r.ok and r.cached for r in fresh),
+                        "images_revalidated": sum(r.ok and r.cache == CacheKind.REVALIDATED for r in fresh),
                     },
                     "$set": {"updated_at": utcnow()},
                 },
@@ -92,6 +121,18 @@ class ResultTracker:
                 return
         if duplicates and total is not None:
             await self.finisher.finish_if_complete_locked(request_id)
+
+    async def _remember_sources(self, batch: list[ImageResult]) -> None:
+        """Record what downloads found per URL (validators, hash, output), so the next request that names the URL
+        can revalidate it. Duplicates too: the record write may be what failed before the redelivery."""
+        records = {r.source.url_id: r.source for r in batch if r.ok and r.source is not None and r.source.url_id}
+        if not records:
+            return
+        now = utcnow()
+        await self.db.url_validators.bulk_write(
+            [ReplaceOne({"_id": url_id}, url_record(source, now), upsert=True) for url_id, source in records.items()],
+            ordered=False,
+        )
 
     async def _images_total(self, request_id: str) -> int | None:
         """The request's image count once its fan-out is complete, else None (still growing): one ``_id`` lookup

@@ -705,7 +705,15 @@ PyMODINIT_FUNC PyInit__jpegdct(void) {
     if (NotEligibleError == NULL || JpegDataError == NULL || PyModule_AddObjectRef(module, "NotEligible",
                                                                                    NotEligibleError) < 0 ||
         PyModule_AddObjectRef(module, "JpegError", JpegDataError) < 0 ||
-        PyModule_AddIntConstant(module, "MAX_SCANS", MAX_SCANS) < 0) {
+        PyModule_AddIntConstant(module, "MAX_SCANS", MAX_SCANS) < 0 ||
+        /* the libjpeg-turbo this was built against writes the bytes: part of the output cache's key */
+        PyModule_AddIntConstant(module, "LIBJPEG_TURBO_VERSION_NUMBER",
+#ifdef LIBJPEG_TURBO_VERSION_NUMBER
+                                LIBJPEG_TURBO_VERSION_NUMBER
+#else
+                                0
+#endif
+                                ) < 0) {
         Py_XDECREF(NotEligibleError);
         Py_XDECREF(JpegDataError);
         Py_DECREF(module);

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
+from collections.abc import Callable
 from concurrent.futures import Executor
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import aiohttp
@@ -12,13 +15,26 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from services.compressor.compress import Compressed, ImageRejected, compress
+from services.compressor.output_cache import (
+    Expiring,
+    Hit,
+    Output,
+    OutputCache,
+    output_extensions,
+)
+from shared import metrics
 from shared.broker import DELIVERY_LIMIT, Broker, delivery_count
-from shared.download import DownloadError, DownloadLimits, download
-from shared.messages import ImageTask, RoutingKey
+from shared.cache import CacheKind, is_shared_object, url_record_id
+from shared.download import DownloadError, DownloadLimits, Fetched, Validators, fetch
+from shared.messages import ImageBatch, ImageResult, ImageTask, RoutingKey, SourceRecord
 from shared.reasons import short_reason
 from shared.storage import Storage
 
 log = structlog.get_logger()
+# while a batch is processed, its tasks' results are gathered here instead of being published one by one, each
+# with what its metrics count once the broker has confirmed it
+_Counted = tuple[ImageResult, Callable[[], None]]
+_collected: ContextVar[list[_Counted] | None] = ContextVar("collected_results", default=None)
 
 
 def output_key(task: ImageTask, extension: str) -> str:
@@ -30,6 +46,15 @@ def retry_delay_ms(base_ms: int, attempt: int) -> int:
     """Exponential backoff with jitter, rounded to 10% steps so only a few delay queues ever exist."""
     jitter = random.choice((1.0, 1.1, 1.2, 1.3))
     return int(base_ms * (2 ** (attempt - 1)) * jitter)
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """A download whose output goes under its content key (unless that object is ``expiring``)."""
+
+    digest: str
+    fetched: Fetched
+    expiring: bool
 
 
 @dataclass
@@ -45,6 +70,11 @@ class CompressorWorker:
     max_attempts: int
     retry_base_ms: int
     jpeg_fast_path: bool = True
+    cache: OutputCache | None = None  # None: PIXPRESS_CACHE=off
+    batch_concurrency: int = 8  # images of batches in progress at once (PIXPRESS_COMPRESSOR_PREFETCH)
+
+    def __post_init__(self) -> None:
+        self._batch_slots = asyncio.Semaphore(self.batch_concurrency)
 
     async def handle(self, task: ImageTask, message: AbstractIncomingMessage) -> None:
         """Tasks from ``compressor.images``, taken ``prefetch`` at a time.
@@ -59,6 +89,7 @@ class CompressorWorker:
         if deliveries >= 1:
             log.warning("image_quarantined", deliveries=deliveries)
             await self.broker.publish(RoutingKey.IMAGE_SUSPECT, task)
+            metrics.IMAGES_QUARANTINED.inc()
             return
         await self._process(task)
 
@@ -77,19 +108,108 @@ class CompressorWorker:
             return
         await self._process(task)
 
-    async def _process(self, task: ImageTask) -> None:
-        try:
-            data = await download(self.session, task.url, self.limits)
-        except DownloadError as exc:
-            if exc.transient and task.attempt < self.max_attempts:
-                delay = retry_delay_ms(self.retry_base_ms, task.attempt)
-                log.info("image_retry_scheduled", reason=exc.reason, delay_ms=delay)
-                retry = task.model_copy(update={"attempt": task.attempt + 1})
-                await self.broker.publish_delayed(RoutingKey.IMAGE_TODO, retry, delay)
-                return
-            suffix = f" (after {task.attempt} attempts)" if exc.transient else ""
-            await self._fail(task, f"download failed: {exc.reason}{suffix}", 0)
+    async def handle_batch(self, batch: ImageBatch, message: AbstractIncomingMessage) -> None:
+        """Tasks from ``compressor.images.batch``: known URLs, revalidated together, results published together.
+
+        A redelivered batch (its compressor died or failed with it) is not processed again but split into single
+        tasks on the suspect queue, as a redelivered single task would be (``handle``): if one of them is what kills
+        compressors, it takes no innocent with it there.
+        """
+        structlog.contextvars.bind_contextvars(request_id=batch.tasks[0].request_id, batch=len(batch.tasks))
+        deliveries = delivery_count(message)
+        if deliveries >= 1:
+            log.warning("image_batch_split", deliveries=deliveries)
+            await self.broker.publish_many(RoutingKey.IMAGE_SUSPECT, batch.tasks)
             return
+        await self.process_batch(batch)
+
+    async def process_batch(self, batch: ImageBatch) -> None:
+        """Every task of the batch at once (at most ``batch_slots`` at a time, so bodies of changed images cannot
+        pile up), then one bulk publish of their results. A task that raises fails the whole batch, which is then
+        redelivered and split; results gathered until then are dropped, and their tasks done again."""
+        results: list[_Counted] = []
+        token = _collected.set(results)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for task in batch.tasks:
+                    group.create_task(self._process_slot(task))
+        finally:
+            _collected.reset(token)
+        await metrics.timed("publish", self.broker.publish_many(RoutingKey.IMAGE_DONE, [r for r, _ in results]))
+        for _result, count in results:
+            count()
+
+    async def _process_slot(self, task: ImageTask) -> None:
+        structlog.contextvars.bind_contextvars(row=task.row, index=task.index, attempt=task.attempt)
+        async with self._batch_slots:
+            await self._process(task)
+
+    async def _emit(self, result: ImageResult, count: Callable[[], None]) -> None:
+        """Publish a result, or hand it to the batch being processed (``process_batch``); ``count`` updates the
+        metrics once the broker has confirmed the result, so an image counts once, when it is settled."""
+        collected = _collected.get()
+        if collected is not None:
+            collected.append((result, count))
+            return
+        await metrics.timed("publish", self.broker.publish(RoutingKey.IMAGE_DONE, result))
+        count()
+
+    async def _process(self, task: ImageTask) -> None:
+        """Download (conditionally, when the URL is known), reuse a cached output or compress, store, report.
+
+        With the cache off (``cache`` None) this is the pipeline as it was: every image downloaded and compressed,
+        stored under its request.
+        """
+        target = self.cache.revalidation_target(task.known) if self.cache is not None else None
+        try:
+            if target is not None and task.known is not None:
+                validators = Validators(task.known.etag, task.known.last_modified)
+                fetched = await metrics.timed("download", fetch(self.session, task.url, self.limits, validators))
+                if fetched.not_modified:
+                    if await self._reuse_revalidated(task, target, task.known.size):
+                        return
+                    # the object is gone: the bytes again
+                    fetched = await metrics.timed("download", fetch(self.session, task.url, self.limits))
+            else:
+                fetched = await metrics.timed("download", fetch(self.session, task.url, self.limits))
+        except DownloadError as exc:
+            await self._download_failed(task, exc)
+            return
+        if self.cache is None:
+            await self._compress_and_store(task, fetched.body, None)
+            return
+        digest = hashlib.sha256(fetched.body).hexdigest()
+        found = await self.cache.find(digest, fetched.body)
+        if isinstance(found, Hit):
+            source = self._source_record(task, digest, fetched, found.key)
+            await self._publish_output(task, found, len(fetched.body), CacheKind.SAME_BYTES, source)
+            return
+        await self._compress_and_store(task, fetched.body, _Shared(digest, fetched, expiring=found is not None))
+
+    async def _reuse_revalidated(self, task: ImageTask, key: str, bytes_in: int) -> bool:
+        """After a 304: reuse the output its validators point to, if it can still be reused."""
+        assert self.cache is not None
+        found = await self.cache.check(key)
+        if not isinstance(found, Hit):
+            log.info("cache_revalidated_output_unusable", key=key, expiring=found is not None)
+            return False
+        await self._publish_output(task, found, bytes_in, CacheKind.REVALIDATED, None)
+        return True
+
+    async def _download_failed(self, task: ImageTask, exc: DownloadError) -> None:
+        if exc.transient and task.attempt < self.max_attempts:
+            delay = retry_delay_ms(self.retry_base_ms, task.attempt)
+            log.info("image_retry_scheduled", reason=exc.reason, delay_ms=delay)
+            retry = task.model_copy(update={"attempt": task.attempt + 1})
+            await self.broker.publish_delayed(RoutingKey.IMAGE_TODO, retry, delay)
+            metrics.IMAGE_RETRIES.inc()
+            return
+        suffix = f" (after {task.attempt} attempts)" if exc.transient else ""
+        await self._fail(task, f"download failed: {exc.reason}{suffix}", 0)
+
+    async def _compress_and_store(self, task: ImageTask, data: bytes, shared: _Shared | None) -> None:
+        """Run the codec and store its output: under the content key when ``shared`` (unless that object is
+        expiring, see shared/cache.py), else under the request's own key."""
         loop = asyncio.get_running_loop()
         try:
             result: Compressed = await loop.run_in_executor(
@@ -107,24 +227,78 @@ class CompressorWorker:
             await self._fail(task, str(exc), 0)
             return
         key = output_key(task, result.extension)
-        await self.storage.put_bytes(key, result.data, result.content_type)
-        done = task.settled(
-            ok=True,
-            output_url=self.storage.public_url(key),
-            bytes_in=len(data),
-            bytes_out=len(result.data),
-            codec=result.codec,
-            format_in=result.source_format,
-            format_out=result.format,
+        source: SourceRecord | None = None
+        if shared is not None and self.cache is not None and not shared.expiring:
+            candidate = self.cache.key_for(shared.digest, result.extension)
+            # find() looked under the extensions the magic bytes allow; should the codec have chosen another, that
+            # key is checked here, so an expiring object is never written again
+            looked = result.extension in output_extensions(data)
+            if looked or not isinstance(await self.cache.check(candidate), Expiring):
+                key = candidate
+                source = self._source_record(task, shared.digest, shared.fetched, key)
+        metadata = {"codec": result.codec} if is_shared_object(key) else None
+        await metrics.timed("store", self.storage.put_bytes(key, result.data, result.content_type, metadata))
+        output = Output(key, len(result.data), result.codec, result.source_format, result.format)
+        await self._publish_output(task, output, len(data), None, source)
+
+    def _source_record(self, task: ImageTask, digest: str, fetched: Fetched, key: str) -> SourceRecord | None:
+        """What the aggregator should remember about this URL: only when its origin sent validators (without them
+        there is nothing to revalidate with) and only when it differs from what the task says is remembered."""
+        if not fetched.validators:
+            return None
+        record = SourceRecord(
+            sha256=digest,
+            size=len(fetched.body),
+            etag=fetched.validators.etag,
+            last_modified=fetched.validators.last_modified,
+            object_key=key,
+            url_id=url_record_id(task.url),
         )
-        await self.broker.publish(RoutingKey.IMAGE_DONE, done)
-        log.info("image_done", bytes_in=len(data), bytes_out=len(result.data), format=result.format, codec=result.codec)
+        if task.known is not None and task.known == record.model_copy(update={"url_id": None}):
+            return None
+        return record
+
+    async def _publish_output(
+        self, task: ImageTask, output: Output, bytes_in: int, cache: CacheKind | None, source: SourceRecord | None
+    ) -> None:
+        key, bytes_out, codec = output.key, output.size, output.codec
+        codec_run = None if cache is not None else codec  # a reused output ran no codec now
+        await self._emit(
+            task.settled(
+                ok=True,
+                output_url=self.storage.public_url(key),
+                bytes_in=bytes_in,
+                bytes_out=bytes_out,
+                codec=codec,
+                format_in=output.format_in,
+                format_out=output.format_out,
+                cached=cache is not None,
+                cache=cache.value if cache is not None else None,
+                cache_object=key if is_shared_object(key) else None,
+                source=source,
+            ),
+            lambda: metrics.image_ok(bytes_in, bytes_out, codec_run, cache.value if cache is not None else None),
+        )
+        log.info(
+            "image_done",
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+            format=output.format_out,
+            codec=codec,
+            cached=cache is not None,
+            cache=cache.value if cache is not None else None,
+            key=key,
+        )
 
     async def _fail(self, task: ImageTask, reason: str, bytes_in: int) -> None:
+        failure = metrics.failure_reason(reason)  # from the whole text: shortening may cut what tells it apart
         reason = short_reason(reason)  # it may quote a remote server or the file: one printable line, no markup
-        log.info("image_failed", reason=reason)
-        await self.broker.publish(RoutingKey.IMAGE_DONE, task.settled(ok=False, error=reason, bytes_in=bytes_in))
+        log.info("image_failed", reason=reason, failure=failure)
+        await self._emit(task.settled(ok=False, error=reason, bytes_in=bytes_in), lambda: metrics.image_failed(failure))
 
 
 def _compress_job(data: bytes, quality: int, max_pixels: int, max_frames: int, jpeg_fast_path: bool) -> Compressed:
-    return compress(data, quality=quality, max_pixels=max_pixels, max_frames=max_frames, jpeg_fast_path=jpeg_fast_path)
+    with metrics.stage_timer("decode_encode"):  # here, in the codec thread: not the wait for a free thread
+        return compress(
+            data, quality=quality, max_pixels=max_pixels, max_frames=max_frames, jpeg_fast_path=jpeg_fast_path
+        )

@@ -25,25 +25,30 @@ from services.ingest.upload import UploadHandler
 from shared.api_models import ProductsPage, RequestsPage, json_body
 from shared.database import Database, find_by_ids, product_id, result_id
 from shared.lifecycle import is_open
+from shared.metrics import count_uploads
 from shared.runtime import HealthCheck, health_routes
 from shared.settings import Settings
 
-# the health probe, and the shells of the documentation page and the console (they hold nothing about the API or its
-# data; see services/ingest/docs.py and services/ingest/console/)
-_OPEN_RESOURCES = frozenset({routes.HEALTH.path}) | DOCS_RESOURCES | CONSOLE_RESOURCES
+# Served without the key: the operations the route table marks open (the health probe, the metrics Prometheus
+# scrapes, the docs page and the console's pages; docs/security.md says why each) and the files of the docs page and
+# of the console (services/ingest/docs.py, services/ingest/console/): they hold nothing about the API or its data
+_OPEN_RESOURCES = (
+    frozenset(operation.path for operation in routes.OPERATIONS if operation.open) | DOCS_RESOURCES | CONSOLE_RESOURCES
+)
 _INTEGER = re.compile(r"-?[0-9]{1,19}")
 
 
 def api_key_middleware(settings: Settings) -> Middleware:
-    """With ``PIXPRESS_API_KEY`` set every route but the open ones (health, the docs shell) needs ``X-API-Key``,
-    the OpenAPI document included; unset, all is open. Decided on the route that matched, never on the raw path."""
+    """With ``PIXPRESS_API_KEY`` set every route but the open ones (health, metrics, the docs and console shells) needs
+    ``X-API-Key``, the OpenAPI document included; unset, all is open. Decided on the route that matched, never on
+    the raw path."""
     expected = settings.api_key.get_secret_value().encode() if settings.api_key else None
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         resource = request.match_info.route.resource
-        is_open = resource is not None and resource.canonical in _OPEN_RESOURCES
-        if expected is not None and not is_open:
+        open_route = resource is not None and resource.canonical in _OPEN_RESOURCES
+        if expected is not None and not open_route:
             given = request.headers.get("X-API-Key", "").encode()
             if not hmac.compare_digest(given, expected):
                 return problem(401, "unauthorized", "Unauthorized", "a valid X-API-Key header is required")
@@ -174,7 +179,8 @@ def openapi_route(settings: Settings) -> web.RouteDef:
 
 def build_app(settings: Settings, db: Database, upload: UploadHandler, check: HealthCheck) -> web.Application:
     app = web.Application(
-        middlewares=[problem_middleware, api_key_middleware(settings)], client_max_size=settings.max_csv_bytes + 65536
+        middlewares=[count_uploads, problem_middleware, api_key_middleware(settings)],
+        client_max_size=settings.max_csv_bytes + 65536,
     )
     views = ReadViews(db)
     thumbnails = Thumbnails(settings, db, upload.storage)

@@ -16,17 +16,20 @@ from typing import Any
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
+from pydantic import ValidationError
 
 from services.ingest.csv_parser import CsvReader, Limits, ProductRow, RowProblem
 from services.ingest.records import product_document
 from shared.broker import Broker
-from shared.database import Database, insert_new, product_id
-from shared.lifecycle import final_status, is_open, publish_outbox, still_open
-from shared.messages import ImageTask, RequestAccepted, RequestStatus, RoutingKey
+from shared.cache import url_record_id
+from shared.database import Database, find_by_ids, insert_new, product_id
+from shared.lifecycle import end_request, is_open, publish_outbox
+from shared.messages import ImageBatch, ImageTask, RequestAccepted, RequestStatus, RoutingKey, SourceRecord
 from shared.storage import Storage
 from shared.timeutil import utcnow
 
 log = structlog.get_logger()
+REVISITS_PER_BATCH = 50
 
 
 class CsvUnprocessable(Exception):
@@ -47,12 +50,15 @@ def _batches(reader: CsvReader, size: int) -> Iterator[list[ProductRow]]:
 
 
 class FanOut:
-    def __init__(self, db: Database, storage: Storage, broker: Broker, limits: Limits, batch_size: int) -> None:
+    def __init__(
+        self, db: Database, storage: Storage, broker: Broker, limits: Limits, batch_size: int, cache: bool = True
+    ) -> None:
         self.db = db
         self.storage = storage
         self.broker = broker
         self.limits = limits
         self.batch_size = batch_size
+        self.cache = cache  # PIXPRESS_CACHE: attach what is known of each URL to its task
 
     async def handle(self, event: RequestAccepted, _message: AbstractIncomingMessage) -> None:
         request = await self.db.requests.find_one({"_id": event.request_id})
@@ -134,24 +140,48 @@ class FanOut:
         if not fresh:
             return
         last_row = fresh[-1].row
-        tasks = (
+        known = await self._known_sources({url for row in fresh for url in row.urls})
+        tasks = [
             ImageTask(
-                request_id=request_id, product_id=product_id(request_id, row.row), row=row.row, index=index, url=url
+                request_id=request_id,
+                product_id=product_id(request_id, row.row),
+                row=row.row,
+                index=index,
+                url=url,
+                known=known.get(url),
             )
             for row in fresh
             for index, url in enumerate(row.urls)
-        )
-        await self.broker.publish_many(RoutingKey.IMAGE_TODO, tasks)
+        ]
+        # URLs downloaded before go out in batches (compressor.images.batch): revalidating one costs about as much
+        # as the delivery, ack and confirmed publish a message of its own would add
+        revisits = [task for task in tasks if task.known is not None]
+        size = REVISITS_PER_BATCH
+        batches = (ImageBatch(tasks=revisits[i : i + size]) for i in range(0, len(revisits), size))
+        await self.broker.publish_many(RoutingKey.IMAGE_BATCH, batches)
+        await self.broker.publish_many(RoutingKey.IMAGE_TODO, (task for task in tasks if task.known is None))
         await self.db.requests.update_one(
             {"_id": request_id, "fanout_cursor": {"$lt": last_row}},
             {"$set": {"fanout_cursor": last_row, "updated_at": utcnow()}},
         )
 
+    async def _known_sources(self, urls: set[str]) -> dict[str, SourceRecord]:
+        """What earlier downloads left in ``url_validators`` for these URLs, looked up by ``_id`` a thousand at a
+        time: the compressors then revalidate instead of downloading (docs/cache.md)."""
+        if not self.cache or not urls:
+            return {}
+        by_id = {url_record_id(url): url for url in urls}
+        known: dict[str, SourceRecord] = {}
+        for record in await find_by_ids(self.db.url_validators, list(by_id)):
+            try:  # the record's own fields (_id, stored_hour) are ignored, like any field a message does not know
+                known[by_id[record["_id"]]] = SourceRecord.model_validate(record)
+            except ValidationError:  # a record this version cannot use: the URL is downloaded whole
+                log.warning("url_record_unusable", url_id=record.get("_id"))
+        return known
+
     async def _fail(self, request: dict[str, Any], reason: str) -> None:
         """The CSV is unusable: the request ends Failed, once, and the notifier hears about it."""
-        ended = await self.db.requests.update_one(
-            still_open(request["_id"]), {"$set": final_status(RequestStatus.FAILED, utcnow(), error=reason)}
-        )
+        ended = await end_request(self.db, request, RequestStatus.FAILED, error=reason)
         log.error("fanout_failed", reason=reason)
-        if ended.modified_count:
+        if ended:
             await publish_outbox(self.db, self.broker, request["_id"])

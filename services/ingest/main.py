@@ -11,6 +11,7 @@ from services.ingest.backfill import index_existing_requests
 from services.ingest.csv_parser import Limits
 from services.ingest.fanout import FanOut
 from services.ingest.upload import UploadHandler
+from shared import metrics
 from shared.broker import Broker
 from shared.database import Database
 from shared.logging import configure_logging
@@ -23,6 +24,7 @@ from shared.storage import Storage
 async def run() -> None:
     settings = get_settings()
     log = configure_logging("ingest", settings.log_level)
+    metrics.register("ingest")
     stop = install_stop_signals()
     db = Database(settings)
     storage = Storage(settings)
@@ -45,7 +47,7 @@ async def run() -> None:
     # the fan-out re-reads files that passed validation; the compressor guards every URL again when it fetches,
     # so a file accepted before PIXPRESS_ALLOW_PRIVATE_URLS changed still fans out (its images then fail)
     limits = Limits(settings.max_rows, settings.max_urls_per_row, settings.max_url_length, allow_private_urls=True)
-    fanout = FanOut(db, storage, broker, limits, settings.fanout_batch)
+    fanout = FanOut(db, storage, broker, limits, settings.fanout_batch, cache=settings.cache)
     await broker.consume(Queue.FANOUT, RequestAccepted, fanout.handle, prefetch=1)
     log.info("ingest_started", host=settings.api_host, port=settings.api_port)
     await stop.wait()

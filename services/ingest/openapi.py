@@ -129,9 +129,10 @@ def build_openapi(operations: Iterable[Operation], settings: Settings, *, title:
         paths.setdefault(operation.path, {})[operation.method.lower()] = _operation(
             operation, unauthorized if keyed else None
         )
+    open_paths = ", ".join(f"`{operation.path}`" for operation in operations if operation.open)
     access = (
-        "This server requires an `X-API-Key` header on every operation marked with a lock (all but the health "
-        "check and the documentation page itself)."
+        "This server requires an `X-API-Key` header on every operation marked with a lock"
+        + (f" (all but {open_paths})." if open_paths else ".")
         if keyed
         else "This server is open: it needs no API key (`PIXPRESS_API_KEY` is not set)."
     )

@@ -18,6 +18,7 @@ from shared.api_models import (
     WebhookView,
     webhook_id,
 )
+from shared.cache import CacheKind
 from shared.database import product_id
 from shared.lifecycle import is_open, progress_of
 from shared.messages import RequestStatus
@@ -78,7 +79,7 @@ def product_document(request_id: str, row: ProductRow) -> dict[str, Any]:
 
 
 def _counts(live: dict[str, Any]) -> dict[str, Any]:
-    keys = ("images_done", "images_failed", "bytes_in", "bytes_out")
+    keys = ("images_done", "images_failed", "bytes_in", "bytes_out", "images_cached", "images_revalidated")
     return {key: live.get(key, 0) for key in keys}
 
 
@@ -132,12 +133,14 @@ def product_view(document: dict[str, Any], results: list[dict[str, Any]]) -> Pro
     count = len(document["input_image_urls"])
     outputs: list[str | None] = [None] * count
     errors: list[str | None] = [None] * count
+    cache: list[CacheKind | None] = [None] * count
     by_index: dict[int, dict[str, Any]] = {}
     for result in results:
         index = result["index"]
         if 0 <= index < count:
             outputs[index] = result.get("output_url")
             errors[index] = result.get("error")
+            cache[index] = cache_kind(result)
             by_index[index] = result
     images = [
         image_view(document["request_id"], document["row"], index, url, by_index.get(index))
@@ -151,9 +154,15 @@ def product_view(document: dict[str, Any], results: list[dict[str, Any]]) -> Pro
         input_image_urls=document["input_image_urls"],
         output_image_urls=outputs,
         image_errors=errors,
+        image_cache=cache,
         pending=count - len(by_index),
         images=images,
     )
+
+
+def cache_kind(result: dict[str, Any]) -> CacheKind | None:
+    """How a settled image's output was reused, None when it was compressed for its request (or failed)."""
+    return CacheKind(result["cache"]) if result.get("cached") else None
 
 
 def thumbnail_path(request_id: str, row: int, index: int, version: str) -> str:
@@ -178,5 +187,6 @@ def image_view(request_id: str, row: int, index: int, url: str, result: dict[str
         format_out=found.get("format_out") if done else None,
         bytes_in=found.get("bytes_in") if done else None,
         bytes_out=found.get("bytes_out") if done else None,
+        cache=cache_kind(found) if done else None,
         thumbnails=thumbnails,
     )

@@ -1,6 +1,6 @@
 """Ingest's HTTP routes as clients see them: what each takes and answers, with which model.
 
-A handler is bound to each of these (services/ingest/api.py, docs.py, shared/runtime.py) and
+A handler is bound to each of these (services/ingest/api.py, docs.py, shared/runtime.py with shared/metrics.py) and
 services/ingest/openapi.py turns them into the OpenAPI document, so a route cannot be served undocumented or
 documented unserved (tests/test_openapi.py checks both; Swagger UI's own files are the one exception).
 """
@@ -18,6 +18,7 @@ from shared.api_models import (
     StatusView,
     UploadAccepted,
 )
+from shared.metrics import METRICS_PATH, PROMETHEUS_TEXT
 
 OPENAPI_PATH = "/openapi.json"
 DOCS_PATH = "/docs"
@@ -303,6 +304,30 @@ HEALTH = Operation(
     },
     open=True,
 )
+METRICS = Operation(
+    "GET",
+    METRICS_PATH,
+    "metrics",
+    "operations",
+    "Prometheus metrics of this process",
+    "This process's counters and histograms (uploads by outcome, requests finished, request duration) and the "
+    "Prometheus client's process metrics, in the Prometheus text exposition format, for a Prometheus server to "
+    "scrape (docs/observability.md lists every metric). Open like `/healthz`: a scrape job sends no key. It holds "
+    "counts and timings only, never a request id, URL or key (docs/security.md), but it shows how busy the service "
+    "is: keep it off the public side of your reverse proxy.",
+    {
+        200: Answer(
+            f"The Prometheus text format, answered as `{PROMETHEUS_TEXT}`: `# HELP` and `# TYPE` lines, then one "
+            "`name{labels} value` line per sample.",
+            media_type="text/plain",
+            schema={
+                "type": "string",
+                "examples": ['# TYPE pixpress_uploads_total counter\npixpress_uploads_total{outcome="accepted"} 3.0\n'],
+            },
+        )
+    },
+    open=True,
+)
 OPENAPI = Operation(
     "GET",
     OPENAPI_PATH,
@@ -359,6 +384,7 @@ OPERATIONS = (
     THUMBNAIL,
     OUTPUT_CSV,
     HEALTH,
+    METRICS,
     OPENAPI,
     DOCS,
     CONSOLE,

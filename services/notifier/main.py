@@ -7,6 +7,7 @@ import asyncio
 import aiohttp
 
 from services.notifier.notifier import Notifier
+from shared import metrics
 from shared.broker import Broker
 from shared.database import Database
 from shared.logging import configure_logging
@@ -21,6 +22,7 @@ WEBHOOK_PREFETCH = 16
 async def run() -> None:
     settings = get_settings()
     log = configure_logging("notifier", settings.log_level)
+    metrics.register("notifier")
     stop = install_stop_signals()
     db = Database(settings)
     broker = Broker(settings.amqp_url.get_secret_value(), settings.exchange)

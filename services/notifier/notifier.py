@@ -13,6 +13,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from services.notifier.delivery import post_webhook
+from shared import metrics
 from shared.api_models import WebhookState
 from shared.broker import Broker, PoisonMessage
 from shared.database import Database
@@ -69,6 +70,7 @@ class Notifier:
             {"$push": {"attempts": attempt.model_dump()}, "$set": {"state": state.value}},
             upsert=True,
         )
+        metrics.webhook_attempted(state)
         log.info(
             "webhook_attempt",
             attempt=event.attempt,

@@ -7,12 +7,18 @@ Both bind 127.0.0.1 on a free port; the services reach them because tests run th
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime, parsedate_to_datetime
+from typing import Literal
 
 from aiohttp import web
+
+ValidatorKind = Literal["none", "etag", "last-modified", "both"]
 
 
 class LocalServer:
@@ -36,12 +42,42 @@ class LocalServer:
         return f"http://127.0.0.1:{self.port}{path}"
 
 
+@dataclass(frozen=True)
+class Served:
+    """One answer of the image host to ``/img/<name>``: what the client sent and what it got."""
+
+    name: str
+    if_none_match: str | None
+    if_modified_since: str | None
+    status: int
+
+    @property
+    def conditional(self) -> bool:
+        return self.if_none_match is not None or self.if_modified_since is not None
+
+
+@dataclass(frozen=True)
+class Version:
+    """What the host serves under a name, with the validators it sends for it (if any)."""
+
+    body: bytes
+    content_type: str
+    etag: str | None
+    last_modified: datetime | None
+
+
 class ImageHost(LocalServer):
-    """Serves registered bodies at ``/img/<name>`` and counts hits; ``/fault/...`` routes misbehave."""
+    """Serves registered bodies at ``/img/<name>`` and counts hits; ``/fault/...`` routes misbehave.
+
+    A body added with ``validators`` is served with an ``ETag`` (a hash of its bytes) and/or a ``Last-Modified``
+    (when it was added, always later than the previous version's), and the host honours ``If-None-Match`` (which
+    wins, as RFC 9110 says) and ``If-Modified-Since`` with a 304. ``served`` records every answer."""
 
     def __init__(self) -> None:
         super().__init__()
         self.bodies: dict[str, tuple[bytes, str]] = {}
+        self.versions: dict[str, Version] = {}
+        self.served: list[Served] = []
         self.hits: defaultdict[str, int] = defaultdict(int)
         self.flaky: dict[str, int] = {}  # name -> number of 503s before success
         self.delay = 0.0  # seconds every /img/ answer waits, to stretch a request over time
@@ -58,9 +94,33 @@ class ImageHost(LocalServer):
             ]
         )
 
-    def add(self, name: str, body: bytes, content_type: str = "image/jpeg") -> str:
+    def add(self, name: str, body: bytes, content_type: str = "image/jpeg", validators: ValidatorKind = "none") -> str:
         self.bodies[name] = (body, content_type)
+        etag = f'"{hashlib.sha256(body).hexdigest()[:20]}"' if validators in ("etag", "both") else None
+        modified = None
+        if validators in ("last-modified", "both"):
+            modified = datetime.now(UTC).replace(microsecond=0)
+            previous = self.versions.get(name)
+            if previous is not None and previous.last_modified is not None and modified <= previous.last_modified:
+                modified = previous.last_modified + timedelta(seconds=1)  # HTTP dates have whole seconds
+        self.versions[name] = Version(body, content_type, etag, modified)
         return self.url(f"/img/{name}")
+
+    def served_for(self, name: str) -> list[Served]:
+        return [answer for answer in self.served if answer.name == name]
+
+    def _not_modified(self, version: Version, request: web.Request) -> bool:
+        if_none_match = request.headers.get("If-None-Match")
+        if if_none_match is not None:
+            tags = {tag.strip() for tag in if_none_match.split(",")}
+            return version.etag is not None and (version.etag in tags or "*" in tags)
+        if_modified_since = request.headers.get("If-Modified-Since")
+        if if_modified_since is not None and version.last_modified is not None:
+            try:
+                return version.last_modified <= parsedate_to_datetime(if_modified_since)
+            except (TypeError, ValueError):
+                return False
+        return False
 
     async def _image(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
@@ -75,9 +135,24 @@ class ImageHost(LocalServer):
             self.flaky[name] -= 1
             return web.Response(status=503, text="try later")
         if name not in self.bodies:
-            return web.Response(status=404, text="no such image")
+            return self._answer(name, request, web.Response(status=404, text="no such image"))
         body, content_type = self.bodies[name]
-        return web.Response(body=body, content_type=content_type)
+        version = self.versions.get(name)
+        if version is None or version.body is not body:  # set through ``bodies`` directly: no validators
+            version = Version(body, content_type, None, None)
+        headers = {}
+        if version.etag is not None:
+            headers["ETag"] = version.etag
+        if version.last_modified is not None:
+            headers["Last-Modified"] = format_datetime(version.last_modified, usegmt=True)
+        if self._not_modified(version, request):
+            return self._answer(name, request, web.Response(status=304, headers=headers))
+        return self._answer(name, request, web.Response(body=body, content_type=content_type, headers=headers))
+
+    def _answer(self, name: str, request: web.Request, response: web.Response) -> web.Response:
+        conditions = (request.headers.get("If-None-Match"), request.headers.get("If-Modified-Since"))
+        self.served.append(Served(name, *conditions, response.status))
+        return response
 
     async def _status(self, request: web.Request) -> web.Response:
         code = int(request.match_info["code"])
