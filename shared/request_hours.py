@@ -5,10 +5,10 @@ Our patched FerretDB serves ``_id`` and a top-level equality or ``$in`` on a str
 range (docs/ferretdb.md): "the 20 newest requests" would read and sort every request ever made. So each request
 carries ``created_hour``, the UTC hour of its ``created_at`` (indexed), and ``request_hours`` holds one document per
 hour that has requests, ``_id`` = the hour key. A page walks the hour keys backwards from where the previous page
-stopped, asking for up to 1,000 of them at a time with ``{_id: {$in: [...]}}``, and reads the requests of each hour
-it finds with ``{created_hour: h}`` until the page is full (services/ingest/listing.py). The walk stops at the oldest
-hour that may have requests, which ``request_hours_state`` remembers. A page costs what it shows plus the rest of
-the hours it touches, never the database's history.
+stopped with ``{_id: {$in: [...]}}`` (a day's keys first, then 4x more per lookup up to 1,000) and reads the
+requests of each hour it finds with ``{created_hour: h}`` until the page is full (services/ingest/listing.py). The
+walk stops at the oldest hour that may have requests, which ``request_hours_state`` remembers. A page costs what
+it shows plus the rest of the hours it touches, never the database's history.
 
 Requests made before ``created_hour`` existed are indexed once by ingest (services/ingest/backfill.py) without
 writing to them: their ids are kept on their hour's document as ``legacy_ids``. (On FerretDB a write to a request
@@ -34,8 +34,13 @@ STATE_ID = "state"
 async def record_hour(db: Database, hour: str) -> None:
     """Make sure ``hour`` is listed; called before a request of that hour is inserted, so a listed request's hour
     is always there. An hour listed without requests (the insert failed afterwards) is skipped by the list and
-    deleted by retention."""
-    await insert_new(db.request_hours, [{"_id": hour}])
+    deleted by retention. A new hour older than the oldest one (a clock far behind, requests written by a tool)
+    becomes the oldest, so the walk reaches it."""
+    if await insert_new(db.request_hours, [{"_id": hour}]):
+        return  # listed already
+    current = await state(db)
+    if current is not None and hour < current["oldest"]:
+        await write_state(db, oldest=hour)
 
 
 async def state(db: Database) -> dict[str, Any] | None:

@@ -274,3 +274,15 @@ async def test_an_hour_listed_without_requests_is_skipped(scratch: Database):
     first = await insert_request(db, 0.5)
     await request_hours.record_hour(db, previous_hour(hour_key(utcnow())))
     assert await walk(db, 1) == [[first]]
+
+
+async def test_an_hour_older_than_the_oldest_becomes_the_oldest(scratch: Database):
+    """Requests written after the backfill with an older ``created_at`` (a clock far behind, a tool writing
+    history) are still reached by the walk."""
+    db = scratch
+    await index_existing_requests(db)  # an empty database: the oldest hour is the previous one
+    recent = await insert_request(db, 0)
+    older = await insert_request(db, 24 * 10)
+    state = await request_hours.state(db)
+    assert state is not None and state["oldest"] == await hour_of(db, older)
+    assert await walk(db, 5) == [[recent, older]]
