@@ -21,6 +21,7 @@ from services.compressor.output_cache import (
     Output,
     OutputCache,
     output_extensions,
+    shared_object_metadata,
 )
 from shared import metrics
 from shared.broker import DELIVERY_LIMIT, Broker, delivery_count
@@ -236,7 +237,7 @@ class CompressorWorker:
             if looked or not isinstance(await self.cache.check(candidate), Expiring):
                 key = candidate
                 source = self._source_record(task, shared.digest, shared.fetched, key)
-        metadata = {"codec": result.codec} if is_shared_object(key) else None
+        metadata = shared_object_metadata(result.codec, result.source_format) if is_shared_object(key) else None
         await metrics.timed("store", self.storage.put_bytes(key, result.data, result.content_type, metadata))
         output = Output(key, len(result.data), result.codec, result.source_format, result.format)
         await self._publish_output(task, output, len(data), None, source)
