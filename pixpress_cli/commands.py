@@ -175,6 +175,8 @@ def summarize(status: StatusView) -> None:
     saved = "" if progress.savings_percent is None else f", saved {progress.savings_percent:.1f} %"
     line = f"{status.status.value}: {progress.images_done} of {progress.images_total} images done"
     line += f", {progress.images_failed} failed{saved}"
+    if progress.images_cached:
+        line += f", {progress.images_cached} reused"
     console = err_console()
     console.print(render.cell(line))
     if status.output_csv_url:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from shared.api_models import ProductView, RowError, StatusView
+from shared.api_models import ProductView, ProgressView, RowError, StatusView
 
 
 def safe(value: object) -> str:
@@ -91,6 +91,14 @@ def requests_table(console: Console, statuses: list[StatusView]) -> None:
     console.print(table)
 
 
+def _reused(progress: ProgressView) -> str:
+    """Outputs the output cache reused (docs/cache.md), split by how: unchanged at the host, or same bytes."""
+    if not progress.images_cached:
+        return "0"
+    same_bytes = progress.images_cached - progress.images_revalidated
+    return f"{progress.images_cached} ({progress.images_revalidated} unchanged at the host, {same_bytes} same bytes)"
+
+
 def status_table(console: Console, status: StatusView) -> None:
     progress = status.progress
     table = Table(show_header=False, box=None)
@@ -101,6 +109,7 @@ def status_table(console: Console, status: StatusView) -> None:
         ("status", status.status.value),
         ("images", f"{progress.images_settled} of {progress.images_total} settled ({progress.percent:g} %)"),
         ("done / failed", f"{progress.images_done} / {progress.images_failed}"),
+        ("reused", _reused(progress)),
         ("bytes", f"{progress.bytes_in:,} in, {progress.bytes_out:,} out, saved {_saved(status)}"),
         ("created", status.created_at.isoformat()),
         ("updated", status.updated_at.isoformat()),

@@ -19,7 +19,7 @@ from shared.settings import Settings
 from tests.support.apps import serve_api
 from tests.support.cli import pixpress
 from tests.support.client import API, csv_text, upload, wait_final
-from tests.support.photos import encode, photo
+from tests.support.photos import encode, photo, unique_jpeg, unique_png
 from tests.support.servers import ImageHost
 
 CONTROL = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]")  # anything but \t and \n: \r, escape sequences, bells
@@ -179,3 +179,23 @@ async def test_the_api_key_comes_from_the_option_or_the_environment(stack: str):
         assert by_option.code == 0 and len(json.loads(by_option.stdout)) == 1
         by_environment = await pixpress("ls", "--limit", "1", "--json", api=api, env={"PIXPRESS_API_KEY": "cli-key"})
         assert by_environment.code == 0 and json.loads(by_environment.stdout) == json.loads(by_option.stdout)
+
+
+async def test_status_says_how_many_images_of_a_catalog_uploaded_again_were_reused(
+    stack: str, image_host: ImageHost, tmp_path: Path
+):
+    """The output cache (docs/cache.md) in `pixpress status` and the `--wait` summary: the second upload of a catalog
+    reuses both outputs, one because the host answered 304, one because the bytes were the same."""
+    tagged = image_host.add("cli-tagged.png", unique_png("chelsea.png"), "image/png", validators="etag")
+    untagged = image_host.add("cli-untagged.jpg", unique_jpeg("coffee.png"))
+    path = tmp_path / "again.csv"
+    path.write_text(csv_text([("C1", "Cat", [tagged]), ("C2", "Coffee", [untagged])]))
+    first = await pixpress("upload", str(path), "--wait", api=API)
+    assert first.code == 0, first.err
+    assert "reused" not in first.err
+    again = await pixpress("upload", str(path), "--wait", api=API)
+    assert again.code == 0, again.err
+    assert "2 of 2 images done, 0 failed" in again.err and "2 reused" in again.err
+    status = await pixpress("status", again.out.strip(), api=API)
+    assert status.code == 0
+    assert re.search(r"reused\s+2 \(1 unchanged at the host, 1 same bytes\)", status.out), status.out

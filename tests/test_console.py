@@ -265,3 +265,34 @@ async def test_the_requests_list_shows_the_newest_first_and_follows_open_ones_li
         assert await table.evaluate("(table) => table.scrollWidth <= table.parentElement.clientWidth")
         await expect(phone.page.locator("#requests-rows td[data-label='Saved']").first).to_be_in_viewport()
         await phone.page.screenshot(path=tmp_path / "requests-phone.png", full_page=True)
+
+
+async def test_a_catalog_uploaded_again_shows_which_images_were_reused_and_how(
+    stack: str, browser: Browser, http: aiohttp.ClientSession, image_host: ImageHost, tmp_path: Path
+):
+    """The output cache (docs/cache.md) on the request page: the second upload of a catalog counts its reused
+    images, and each one says how it was reused: the host with an ETag answers 304 (revalidated), the one without
+    validators serves the same bytes again (same_bytes). Formats and sizes are shown for reused images too."""
+    tagged = image_host.add("astronaut.png", photo_bytes("astronaut.png"), "image/png", validators="etag")
+    untagged = image_host.add("rocket.jpg", photo_bytes("rocket.jpg"), "image/jpeg")
+    catalog = csv_text([("R-1", "Reused poster", [tagged]), ("R-2", "Reused rocket", [untagged])])
+    first = (await (await upload(http, catalog)).json())["request_id"]
+    assert (await wait_final(http, first))["status"] == "Completed"
+    async with watched_page(browser) as watched:
+        page = watched.page
+        await upload_through_the_page(page, API, catalog)
+        await page.wait_for_url(REQUEST_PAGE)
+        await expect(page.locator("#status")).to_have_text("Completed", timeout=90_000)
+        await expect(page.locator("#images-cached")).to_have_text("2")
+        await expect(page.locator("#images-cached-how")).to_have_text("1 unchanged at the host, 1 same bytes as before")
+        await expect(page.locator(".reuse .badge.reused")).to_have_count(2)
+        poster = page.locator(".product").filter(has_text="Reused poster")
+        rocket = page.locator(".product").filter(has_text="Reused rocket")
+        await expect(poster.locator(".reuse")).to_have_text(re.compile(r"^reused unchanged at the host \(HTTP 304\)"))
+        await expect(rocket.locator(".reuse")).to_have_text(re.compile(r"^reused same bytes as an image compressed"))
+        await expect(poster.locator("figcaption").first).to_have_text(re.compile(r"^Original · PNG · \d"))
+        compressed = re.compile(r"^Compressed · JPEG · .* \(−\d+ %\)$")
+        await expect(rocket.locator("figcaption").nth(1)).to_have_text(compressed)
+        assert await see_every_preview(page, "Compressed") == 2
+        await page.screenshot(path=tmp_path / "reused.png", full_page=True)
+        watched.assert_clean()

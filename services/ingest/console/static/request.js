@@ -97,6 +97,16 @@
 
   // --- products ------------------------------------------------------------------------------------------------
   const products = {offset: 0, history: [], failed: false, next: null, loadedAt: 0, loading: false};
+  // how an output was reused instead of compressed again (the output cache, docs/cache.md)
+  const REUSE = {
+    revalidated: "unchanged at the host (HTTP 304): not downloaded, not compressed",
+    same_bytes: "same bytes as an image compressed before: not compressed again",
+  };
+
+  function reuseNote(cache) {
+    return el("p", {className: "reuse"}, el("span", {className: "badge reused"}, "reused"), " " +
+      (REUSE[cache] || cache));
+  }
 
   function imageItem(product, image) {
     const number = "image " + (image.index + 1) + " of row " + product.row;
@@ -120,6 +130,9 @@
       }
       pair.append(original, compressed);
       item.append(pair);
+      if (image.state === "done" && image.cache) {
+        item.append(reuseNote(image.cache));
+      }
     }
     item.append(el("p", {className: "url"}, image.input_url));
     return item;
@@ -214,6 +227,21 @@
       el("td", {}, attempt.duration_ms + " ms"))));
   }
 
+  // how many outputs were reused instead of compressed again, and how (docs/cache.md)
+  function showReused(progress) {
+    const cached = progress.images_cached || 0;
+    const revalidated = progress.images_revalidated || 0;
+    const kinds = [];
+    if (revalidated) {
+      kinds.push(revalidated + " unchanged at the host");
+    }
+    if (cached > revalidated) {
+      kinds.push(cached - revalidated + " same bytes as before");
+    }
+    setText("images-cached", String(cached));
+    setText("images-cached-how", kinds.join(", "));
+  }
+
   function showDetail(detail) {
     const progress = detail.progress;
     badge(document.getElementById("status"), detail.status);
@@ -224,6 +252,7 @@
     setText("images-done", String(progress.images_done));
     setText("images-failed", String(progress.images_failed));
     setText("images-total", String(progress.images_total));
+    showReused(progress);
     setText("products-total", String(progress.products_total));
     setText("bytes", bytes(progress.bytes_in) + " → " + bytes(progress.bytes_out));
     setText("savings", savings(progress));
