@@ -52,13 +52,13 @@ async def upload_through_the_page(page: Page, base: str, csv: str, webhook_url: 
     await page.get_by_role("button", name="Upload").click()
 
 
-async def see_every_preview(page: Page, alt: str) -> int:
-    """Brings each preview on screen in turn (they load only there) and waits until it has pixels; the list may be
-    drawn again meanwhile, so the locator is resolved afresh on every look."""
+async def see_every_preview(page: Page, alt: str, expected: int) -> None:
+    """Waits for ``expected`` previews (the products list is read again when the request ends, a moment after the
+    status says so), brings each on screen in turn (they load only there) and waits until it has pixels; the list
+    may be drawn again meanwhile, so the locator is resolved afresh on every look."""
     previews = page.locator(f'img[alt^="{alt}"]')
-    count = await previews.count()
-    assert count > 0, f"no {alt} previews"
-    for index in range(count):
+    await expect(previews).to_have_count(expected)
+    for index in range(expected):
         preview = previews.nth(index)
         for _ in range(150):  # 15 s each
             await preview.scroll_into_view_if_needed()
@@ -67,7 +67,6 @@ async def see_every_preview(page: Page, alt: str) -> int:
             await asyncio.sleep(0.1)
         else:
             pytest.fail(f"{alt} preview {index} did not load: {await preview.evaluate('(image) => image.outerHTML')}")
-    return count
 
 
 async def test_photos_uploaded_through_the_page_finish_live_with_previews_failures_and_the_output_csv(
@@ -97,8 +96,8 @@ async def test_photos_uploaded_through_the_page_finish_live_with_previews_failur
         await expect(page.locator("#images-failed")).to_have_text("1")
         await expect(page.locator("#images-total")).to_have_text("5")
         await expect(page.locator("#savings")).to_contain_text("%")
-        assert await see_every_preview(page, "Compressed") == 4
-        assert await see_every_preview(page, "Original") == 4
+        await see_every_preview(page, "Compressed", 4)
+        await see_every_preview(page, "Original", 4)
         captions = page.locator("figcaption")
         await expect(captions.filter(has_text=re.compile(r"^Original · PNG · "))).to_have_count(3)
         await expect(captions.filter(has_text=re.compile(r"^Compressed · JPEG · .* \(−\d+ %\)$"))).to_have_count(4)
@@ -141,7 +140,7 @@ async def test_photos_uploaded_through_the_page_finish_live_with_previews_failur
     async with watched_page(browser, viewport=PHONE) as phone:
         await phone.page.goto(f"{API}/console/requests/{request_id}")
         await expect(phone.page.locator("#status")).to_have_text("Completed")
-        await see_every_preview(phone.page, "Compressed")
+        await see_every_preview(phone.page, "Compressed", 4)
         width = await phone.page.evaluate("document.documentElement.scrollWidth")
         assert width <= PHONE["width"], f"the page is {width}px wide on a {PHONE['width']}px phone"
         await phone.page.screenshot(path=tmp_path / "request-phone.png", full_page=True)
@@ -161,7 +160,7 @@ async def test_markup_from_a_csv_is_shown_as_text(stack: str, browser: Browser, 
         await expect(page.get_by_text(name, exact=True)).to_be_visible()
         await expect(page.get_by_text(serial, exact=True)).to_be_visible()
         await expect(page.locator(".url").filter(has_text="<svg/onload=alert(3)>")).to_have_count(1)
-        await see_every_preview(page, "Compressed")
+        await see_every_preview(page, "Compressed", 1)
         assert await page.locator('img[src="x"], svg, .product script').count() == 0
         await page.screenshot(path=tmp_path / "markup-as-text.png", full_page=True)
         watched.assert_clean()
@@ -211,7 +210,7 @@ async def test_the_console_asks_for_the_api_key_once_per_tab_and_sends_it_with_e
             await page.wait_for_url(REQUEST_PAGE)
             await expect(page.locator("#status")).to_have_text("Completed", timeout=90_000)
             await expect(form).to_be_hidden()  # the key came along from the other page of this tab
-            await see_every_preview(page, "Compressed")  # previews are fetched with the key too
+            await see_every_preview(page, "Compressed", 1)  # previews are fetched with the key too
             assert await page.evaluate("sessionStorage.getItem('pixpress-api-key')") == key
             assert await page.evaluate("localStorage.length") == 0
             assert await page.context.cookies() == []
@@ -293,6 +292,6 @@ async def test_a_catalog_uploaded_again_shows_which_images_were_reused_and_how(
         await expect(poster.locator("figcaption").first).to_have_text(re.compile(r"^Original · PNG · \d"))
         compressed = re.compile(r"^Compressed · JPEG · .* \(−\d+ %\)$")
         await expect(rocket.locator("figcaption").nth(1)).to_have_text(compressed)
-        assert await see_every_preview(page, "Compressed") == 2
+        await see_every_preview(page, "Compressed", 2)
         await page.screenshot(path=tmp_path / "reused.png", full_page=True)
         watched.assert_clean()
