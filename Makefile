@@ -81,7 +81,7 @@ lock: ## after a dependency change in pyproject.toml: pin every version again in
 docs: ## regenerate docs/configuration.md from shared/settings.py
 	$(PY) -m scripts.gen_config_docs
 
-demo: ## start the stack and process the bundled sample CSV
+demo: ## start the stack and put the bundled sample CSV through the pixpress command line
 	@$(STACK) up
 	$(PY) -m scripts.demo $(DEMO_ARGS)
 

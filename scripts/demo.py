@@ -1,82 +1,75 @@
-"""``make demo``: serve real photographs locally, upload demo/sample.csv, follow it to the end, show the result.
+"""``make demo``: serve real photographs locally and put demo/sample.csv through the ``pixpress`` command line.
 
-The photos are the samples scikit-image ships; ``missing.jpg`` is deliberately absent to show how a failed
-image appears in the output CSV.
+The photos are the samples scikit-image ships, served on 127.0.0.1:8765 for as long as the demo runs;
+``missing.jpg`` is deliberately absent to show how a failed image appears. The demo is what a user types:
+``pixpress upload demo/sample.csv --wait``, ``pixpress failures ID``, ``pixpress download ID -o FILE``.
 """
 
 from __future__ import annotations
 
-import asyncio
+import functools
+import http.server
 import os
+import subprocess
 import sys
+import threading
 from pathlib import Path
 
-import aiohttp
-from aiohttp import web
-from tqdm import tqdm
-
 from testkit.photos import DATA_DIR as PHOTO_DIR
+from testkit.stack import STATE
 
-API = os.environ.get("PIXPRESS_DEMO_API", "http://127.0.0.1:5000")
 PHOTO_PORT = 8765
 SAMPLE = Path(__file__).resolve().parent.parent / "demo" / "sample.csv"
+OUTPUT = STATE / "demo-output.csv"
 
 
-async def serve_photos() -> web.AppRunner:
-    app = web.Application()
-    app.router.add_static("/photos/", PHOTO_DIR)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", PHOTO_PORT).start()
-    return runner
+class PhotoHandler(http.server.SimpleHTTPRequestHandler):
+    """The sample photos under /photos/, quietly."""
+
+    def translate_path(self, path: str) -> str:
+        return super().translate_path(path.removeprefix("/photos"))
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
 
 
-async def main() -> int:
-    runner = await serve_photos()
+def command(*args: str) -> list[str]:
+    """The installed ``pixpress`` beside this Python (the venv's), so the demo runs what users run."""
+    return [str(Path(sys.executable).with_name("pixpress")), *args]
+
+
+def upload_and_wait() -> tuple[str, int]:
+    """``pixpress upload --wait``: its request id (stdout, printed at once), its exit code; progress goes to the
+    terminal on stderr."""
+    with subprocess.Popen(command("upload", str(SAMPLE), "--wait"), stdout=subprocess.PIPE, text=True) as upload:
+        assert upload.stdout is not None
+        request_id = upload.stdout.readline().strip()
+        print(request_id, flush=True)
+        upload.stdout.read()
+    return request_id, upload.returncode
+
+
+def main() -> int:
+    os.environ.setdefault("PIXPRESS_API_URL", os.environ.get("PIXPRESS_DEMO_API", "http://127.0.0.1:5000"))
+    handler = functools.partial(PhotoHandler, directory=str(PHOTO_DIR))
+    photos = http.server.ThreadingHTTPServer(("127.0.0.1", PHOTO_PORT), handler)
+    threading.Thread(target=photos.serve_forever, daemon=True).start()
     try:
-        async with aiohttp.ClientSession() as session:
-            form = aiohttp.FormData()
-            form.add_field("file", SAMPLE.read_bytes(), filename=SAMPLE.name, content_type="text/csv")
-            async with session.post(f"{API}/upload", data=form) as response:
-                body = await response.json()
-                if response.status != 200:
-                    print(f"upload refused ({response.status}): {body}", file=sys.stderr)
-                    return 1
-            request_id = body["request_id"]
-            print(f"uploaded {SAMPLE.name}: {body['message']} request_id={request_id}")
-            status = await follow(session, request_id)
-            print(
-                f"status: {status['status']}  images done={status['progress']['images_done']} "
-                f"failed={status['progress']['images_failed']}  saved={status['progress']['savings_percent']}%"
-            )
-            if "output_csv_url" not in status:
-                print(f"no output CSV: {status.get('error')}", file=sys.stderr)
-                return 1
-            print(f"output CSV: {status['output_csv_url']}\n")
-            async with session.get(status["output_csv_url"]) as csv_response:
-                print(await csv_response.text())
-            return 0 if status["status"] == "Completed" else 1
+        print("$ pixpress upload demo/sample.csv --wait", flush=True)
+        request_id, outcome = upload_and_wait()
+        if not request_id or outcome not in (0, 1):
+            return outcome or 1
+        print(f"\n$ pixpress failures {request_id}", flush=True)
+        subprocess.run(command("failures", request_id), check=False)
+        print(f"\n$ pixpress download {request_id} -o {OUTPUT}", flush=True)
+        if (downloaded := subprocess.run(command("download", request_id, "-o", str(OUTPUT)), check=False)).returncode:
+            return downloaded.returncode
+        print(f"\noutput CSV: {OUTPUT}\n")
+        print(OUTPUT.read_text(encoding="utf-8"))
+        return outcome
     finally:
-        await runner.cleanup()
-
-
-async def follow(session: aiohttp.ClientSession, request_id: str, timeout: float = 300.0) -> dict:
-    status: dict = {}
-    with tqdm(total=100, unit="%", desc="processing", bar_format="{l_bar}{bar}| {n:.0f}%") as bar:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while loop.time() < deadline:
-            async with session.get(f"{API}/status/{request_id}") as response:
-                status = await response.json()
-            shown = (status["progress"]["percent"], status["status"])
-            if shown != (bar.n, bar.postfix):  # redraw only on change: quiet when stdout is not a terminal
-                bar.n = shown[0]
-                bar.set_postfix_str(shown[1])
-            if status["status"] in ("Completed", "Failed"):
-                return status
-            await asyncio.sleep(0.3)
-    raise SystemExit(f"request {request_id} did not finish in {timeout:.0f}s (last status: {status})")
+        photos.shutdown()
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    sys.exit(main())

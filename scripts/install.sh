@@ -4,7 +4,8 @@
 #     the benchmarks' and `make lint`'s tools, at the versions constraints.txt pins (again whenever pyproject.toml,
 #     constraints.txt, setup.py or the C extension's source is newer than the venv's stamp: the extension is
 #     compiled in place)
-#   - rabbitmq-server from Debian packages (its own service is stopped: the stack runs its own node)
+#   - rabbitmq-server from Debian packages (its own service is stopped: the stack runs its own node); chromium for the
+#     console's browser tests
 #   - FerretDB (with scripts/ferretdb/pixpress.patch) and MinIO built with Go, side by side, cached outside the repo
 #     as <cache>/bin/<name>-<version>[-pixpress-<patch hash>] (scripts/versions.sh)
 #   - promtool and promcheck from scripts/prometheus (the tests check the alert rules and dashboard with them)
@@ -59,6 +60,8 @@ installed rabbitmq-server || apt_packages+=(rabbitmq-server)
 # the compressor's C extension (services/compressor/_jpegdct.c) is compiled by pip against the system libjpeg-turbo
 installed libjpeg62-turbo-dev || apt_packages+=(libjpeg62-turbo-dev)
 command -v gcc >/dev/null || apt_packages+=(gcc)
+# the console's browser tests (tests/test_console*.py) drive Debian's chromium with Playwright (never its own download)
+installed chromium || apt_packages+=(chromium)
 # ... and needs the headers of the Python that builds the venv (Debian's python3 keeps them in python3-dev)
 if ! python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))'; then
     apt_packages+=(python3-dev)

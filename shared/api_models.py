@@ -160,6 +160,15 @@ class StatusView(ApiModel):
     error: str | SkipJsonSchema[None] = when_set("Why the request failed; present only when `Failed`.")
 
 
+class RequestsPage(ApiModel):
+    """Requests newest first (`GET /requests`), one page."""
+
+    items: list[StatusView] = Field(description="Each request as `GET /status/{request_id}` answers it.")
+    next: str | SkipJsonSchema[None] = when_set(
+        "Path of the next (older) page; absent on the last page. Requests uploaded meanwhile never shift it."
+    )
+
+
 class WebhookState(StrEnum):
     """Where a request's webhook delivery stands; the notifier writes it, the API shows it."""
 
@@ -208,6 +217,39 @@ class RequestDetail(StatusView):
 # --- GET /requests/{id}/products -------------------------------------------------------------------------------
 
 
+class ImageState(StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class ImageView(ApiModel):
+    """One input image of a product and what became of it (what the console shows side by side)."""
+
+    index: int = Field(ge=0, description="Position of the URL in the product's `Input Image Urls` cell, from 0.")
+    input_url: str
+    state: ImageState
+    output_url: str | None = Field(description="The compressed image; null unless `done`.")
+    error: str | None = Field(description="Why it failed; null unless `failed`.")
+    format_in: str | None = Field(
+        description="What the original decoded as (`JPEG`, `PNG`, `WEBP`, `GIF`, `MPO`, `TIFF`, `BMP`); null "
+        "unless `done`, and for images compressed before pixpress recorded formats."
+    )
+    format_out: str | None = Field(description="`JPEG` or `WEBP`; null like `format_in`.")
+    bytes_in: int | None = Field(ge=0, description="Bytes downloaded; null unless `done`.")
+    bytes_out: int | None = Field(ge=0, description="Bytes stored; null unless `done`.")
+    cache: CacheKind | None = Field(
+        description="How the output was reused without compressing again (`revalidated`: the host answered 304 "
+        "and nothing was downloaded, `bytes_in` is the size it had; `same_bytes`: these bytes were compressed "
+        "before), as in the product's `image_cache`; null when it was compressed for this request, and unless "
+        "`done`."
+    )
+    thumbnails: dict[str, str] = Field(
+        description="Paths of downscaled previews (`original`, and `compressed` once done) served by this API: "
+        "`GET /requests/{request_id}/images/{row}/{index}/thumb`."
+    )
+
+
 class ProductView(ApiModel):
     """One CSV data row with its outcome per image."""
 
@@ -226,6 +268,7 @@ class ProductView(ApiModel):
         "for this request, failed or is pending."
     )
     pending: int = Field(ge=0, description="Images of this product not settled yet.")
+    images: list[ImageView] = Field(description="The same per image, with formats, sizes and thumbnails.")
 
 
 class ProductsPage(ApiModel):
@@ -236,6 +279,11 @@ class ProductsPage(ApiModel):
     limit: int = Field(ge=1)
     total: int = Field(ge=0, description="Products in the request.")
     items: list[ProductView]
+    failed: bool = Field(
+        description="The page holds only products with at least one failed image (`failed=true`). Such a page "
+        "may hold fewer than `limit` products, even none, and still have a `next`: each page searches a bounded "
+        "number of rows."
+    )
     next: str | SkipJsonSchema[None] = when_set("Path of the next page; absent on the last page.")
 
 

@@ -44,6 +44,21 @@ def result_id(request_id: str, row: int, index: int) -> str:
     return f"{request_id}:{row}:{index}"
 
 
+FAILED_BUCKET_ROWS = 64  # rows per failed_bucket key: see failed_bucket()
+
+
+def failed_bucket(request_id: str, row: int) -> str:
+    """The indexed key a *failed* result carries (successes have none): ``<request>:<(row - 1) // 64>``.
+
+    It is how the products page's ``failed`` filter finds the rows with failures without reading the request's
+    other results, on MongoDB and on our FerretDB alike (an equality / ``$in`` on a string leading an index, the
+    one kind of filter FerretDB pushes down besides ``_id``; a range on ``row`` would be evaluated in Go over every
+    result of the request). A page asks for the keys of a window of consecutive buckets, so its cost is what that
+    window holds, not what the request or the database holds (services/ingest/product_pages.py).
+    """
+    return f"{request_id}:{(row - 1) // FAILED_BUCKET_ROWS}"
+
+
 def finished_fields(now: datetime) -> dict[str, object]:
     """What every write that gives a request its final status also sets: ``finished_hour`` (indexed) is how
     retention finds the requests that finished in a given hour without reading the others."""
@@ -107,6 +122,18 @@ class Database:
         return self.db["idempotency_keys"]
 
     @property
+    def request_hours(self) -> AsyncCollection:
+        """One document per UTC hour that has requests (``_id`` = the hour key): how ``GET /requests`` finds the
+        newest requests without a sort (shared/request_hours.py)."""
+        return self.db["request_hours"]
+
+    @property
+    def request_hours_state(self) -> AsyncCollection:
+        """One document: the oldest hour that may have requests, and when the requests from before
+        ``created_hour`` were indexed."""
+        return self.db["request_hours_state"]
+
+    @property
     def url_validators(self) -> AsyncCollection:
         """Per image URL (``_id`` = ``shared.cache.url_record_id``): its origin's validators, the SHA-256 of what
         it served and where that output is (docs/cache.md). Written by the aggregator alone (whole-document
@@ -136,14 +163,18 @@ class Database:
                 await self.client.admin.command("ping")
         # products and results are read per request in row order (output CSV, sweeper); results are counted per
         # request when it may be complete; the sweeper finds requests by status, by a pending outbox and (for
-        # retention) by the hour they finished. tests/test_ferretdb_pushdown.py checks each query uses these.
+        # retention) by the hour they finished; the request list reads the requests created in an hour.
+        # tests/test_ferretdb_pushdown.py checks each query uses these.
         await self.products.create_index([("request_id", ASCENDING), ("row", ASCENDING)], name="request_row")
         await self.results.create_index(
             [("request_id", ASCENDING), ("row", ASCENDING), ("index", ASCENDING)], name="request_row_index"
         )
+        # the products page's failed filter (failed_bucket() above); successes lack the field
+        await self.results.create_index([("failed_bucket", ASCENDING)], name="failed_bucket")
         await self.requests.create_index([("status", ASCENDING), ("updated_at", ASCENDING)], name="status_updated")
         await self.requests.create_index([("outbox_pending", ASCENDING)], name="outbox_pending")
         await self.requests.create_index([("finished_hour", ASCENDING)], name="finished_hour")
+        await self.requests.create_index([("created_hour", ASCENDING)], name="created_hour")
         # the output cache (docs/cache.md): retention asks whether any result still points to a shared object, and
         # deletes URL records by the hour they were stored
         await self.results.create_index([("cache_object", ASCENDING)], name="cache_object")

@@ -6,8 +6,8 @@ Compatibility rule (services are upgraded one at a time, so old and new versions
 
 * **Additive changes only** on a routing key: a new field must be optional (it has a default), and readers ignore
   fields they do not know (``extra="ignore"``), so a message from a newer producer is processed by an older
-  consumer, and an older producer's message (without the field) by a newer one. ``ImageResult.codec`` was added
-  this way.
+  consumer, and an older producer's message (without the field) by a newer one. ``ImageResult.codec``,
+  ``format_in`` and ``format_out`` were added this way.
 * A field is never removed, renamed, made required or given another type or meaning on the same routing key.
   Such a **breaking change gets a new routing key** (e.g. ``image.todo.v2``) and queue; producers switch to it once
   every consumer of the new key is deployed, and the old key is retired once its queue is empty.
@@ -139,6 +139,11 @@ class ImageResult(ImageSlot):
     # how the output was encoded: "dct" (JPEG re-quantised in the DCT domain) or "pillow" (decoded to pixels),
     # now or, for a cached output, when it was made; None on failures and from compressors that predate the field
     codec: str | None = None
+    # the format the original decoded as (Pillow's name: JPEG, PNG, WEBP, GIF, MPO, ...) and the one stored (JPEG or
+    # WEBP), for the console; for a cached output read back from the shared object (format_in is None for objects
+    # stored before it was recorded); None on failures and from compressors that predate the fields
+    format_in: str | None = None
+    format_out: str | None = None
     # the output was reused and no codec ran for this image; ``cache`` says why: "revalidated" (the origin
     # answered 304, nothing was downloaded) or "same_bytes" (these bytes were compressed before); docs/cache.md
     cached: bool = False

@@ -155,6 +155,36 @@ class Storage:
     def public_url(self, key: str) -> str:
         return f"{self._public_base}/{key}"
 
+    def key_of(self, public_url: str) -> str | None:
+        """The object key behind a URL :meth:`public_url` made; None for any other URL (never a key outside the
+        public prefixes, so a stored URL cannot be turned into a read of a private upload)."""
+        prefix = f"{self._public_base}/"
+        if not public_url.startswith(prefix):
+            return None
+        key = public_url[len(prefix) :]
+        if not key.startswith(PUBLIC_PREFIXES) or ".." in key.split("/"):
+            return None
+        return key
+
+    async def get_bytes(self, key: str, max_bytes: int) -> bytes:
+        """The whole object, refused (``ValueError``) when it is larger than ``max_bytes``."""
+
+        def get() -> bytes:
+            response = self._client.get_object(self._bucket, key)
+            try:
+                declared = int(response.headers.get("Content-Length", "0") or 0)
+                if declared > max_bytes:
+                    raise ValueError(f"object {key} is {declared} bytes; the limit is {max_bytes}")
+                data = response.read(max_bytes + 1)
+                if len(data) > max_bytes:
+                    raise ValueError(f"object {key} is larger than {max_bytes} bytes")
+                return data
+            finally:
+                response.close()
+                response.release_conn()
+
+        return await self._retrying("get", key, get)
+
     def endpoint_url(self, key: str) -> str:
         """The object at the storage endpoint itself (path style), not behind the public base URL (a CDN may
         answer from its own cache there)."""

@@ -34,3 +34,21 @@ def previous_hour(key: str) -> str:
 
 def next_hour(key: str) -> str:
     return hour_key(datetime.strptime(key, _HOUR).replace(tzinfo=UTC) + timedelta(hours=1))
+
+
+def hours_down(top: str, bottom: str, count: int) -> list[str]:
+    """Up to ``count`` hour keys from ``top`` down to ``bottom`` (both included), newest first; none when ``top``
+    is below ``bottom``."""
+    moment = datetime.strptime(top, _HOUR).replace(tzinfo=UTC)
+    keys: list[str] = []
+    while len(keys) < count and (key := hour_key(moment)) >= bottom:
+        keys.append(key)
+        moment -= timedelta(hours=1)
+    return keys
+
+
+def parse_hour_key(text: str) -> str:
+    """``text`` if it is an hour key exactly as :func:`hour_key` writes it, else ValueError."""
+    if hour_key(datetime.strptime(text, _HOUR)) != text:
+        raise ValueError(f"not an hour key: {text!r}")
+    return text

@@ -95,13 +95,15 @@ def test_dockerfile_builds_one_non_root_image_for_every_service():
 
 
 def test_service_dependencies_leave_the_stack_and_test_tools_to_extras():
-    """The image installs ``dependencies`` only: supervisor, tqdm and the test tools must not be among them, and
-    every runtime dependency is pinned in constraints.txt."""
+    """The image installs ``dependencies`` only: supervisor, the command line's libraries and the test tools must not
+    be among them, and every runtime dependency is pinned in constraints.txt."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     runtime = {re.split(r"[<>=\[ ;]", requirement)[0].lower() for requirement in project["dependencies"]}
     extras = project["optional-dependencies"]
-    assert not runtime & {"supervisor", "tqdm", "pytest", "scikit-image", "ruff", "mypy"}, runtime
-    assert {"supervisor", "tqdm"} <= {re.split(r"[<>=\[ ;]", r)[0].lower() for r in extras["stack"]}
+    assert not runtime & {"supervisor", "click", "rich", "requests", "pytest", "scikit-image", "ruff", "mypy"}, runtime
+    assert "supervisor" in {re.split(r"[<>=\[ ;]", r)[0].lower() for r in extras["stack"]}
+    assert {"click", "rich", "requests"} <= {re.split(r"[<>=\[ ;]", r)[0].lower() for r in extras["cli"]}
+    assert "pixpress[cli]" in extras["stack"]  # make demo runs the command line
     pinned = {
         line.split("==")[0].lower() for line in (ROOT / "constraints.txt").read_text().splitlines() if "==" in line
     }

@@ -8,7 +8,7 @@ import time
 import aiohttp
 import pytest
 
-from services.compressor.download import DownloadError, DownloadLimits, download
+from shared.download import DownloadError, DownloadLimits, download
 from shared.url_guard import guarded_connector
 from tests.support.photos import photo_bytes
 from tests.support.servers import ImageHost

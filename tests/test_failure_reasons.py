@@ -20,10 +20,10 @@ from aio_pika.abc import AbstractIncomingMessage
 from pamqp.common import FieldValue
 from prometheus_client import CollectorRegistry
 
-from services.compressor.download import DownloadLimits
 from services.compressor.worker import CompressorWorker
 from shared import metrics
 from shared.broker import DELIVERY_LIMIT, Broker
+from shared.download import DownloadLimits
 from shared.messages import ImageResult, ImageTask, Queue
 from shared.settings import Settings
 from shared.storage import Storage

@@ -10,20 +10,30 @@ answer exactly as MongoDB does.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from bson import ObjectId
+from pymongo import AsyncMongoClient, monitoring
 
-from services.aggregator.retention import cutoff_hour_filter, expired_hours_filter
+from services.aggregator.retention import Retention, cutoff_hour_filter, expired_hours_filter
 from services.aggregator.sweeper import OPEN_REQUESTS, OUTBOX_PENDING
+from services.ingest.api import build_app
+from services.ingest.backfill import index_existing_requests
+from services.ingest.upload import UploadHandler
+from shared import request_hours
+from shared.broker import Broker
 from shared.cache import shared_object_key, url_record_id
-from shared.database import Database, product_id, result_id
+from shared.database import FAILED_BUCKET_ROWS, Database, failed_bucket, product_id, result_id
 from shared.settings import Settings
+from shared.storage import Storage
 from shared.timeutil import hour_key, hour_keys, utcnow
+from tests.support.staged import request_document
 
 REQUEST = str(uuid.uuid4())
 NOW = utcnow()
@@ -40,6 +50,12 @@ QUERIES: list[tuple[str, str, dict[str, Any], str | None]] = [
     ("products page results", "results", {"_id": {"$in": [result_id(REQUEST, r, 0) for r in range(1, 101)]}}, "_id_"),
     ("results of a request", "results", {"request_id": REQUEST}, "request_row_index"),  # output CSV, sweeper
     ("products of a request", "products", {"request_id": REQUEST}, "request_row"),  # output CSV, sweeper, retention
+    (  # the products page's failed filter: one window of row buckets (services/ingest/product_pages.py)
+        "failed rows of a request",
+        "results",
+        {"failed_bucket": {"$in": [failed_bucket(REQUEST, 1 + FAILED_BUCKET_ROWS * b) for b in range(64)]}},
+        "failed_bucket",
+    ),
     ("pending outbox", "requests", OUTBOX_PENDING, "outbox_pending"),  # sweeper
     ("open requests", "requests", OPEN_REQUESTS, "status_updated"),  # sweeper
     ("finished requests", "requests", {"status": "Completed"}, "status_updated"),  # retention's first pass
@@ -162,3 +178,96 @@ async def test_pushed_down_filters_answer_like_mongodb(stack: str, database: Any
     deleted = await items.delete_many({"_id": {"$in": ["k1", 2, "nope"]}})
     assert deleted.deleted_count == 2
     assert sorted([document["_id"] async for document in items.find({})], key=str) == [1, 3, 4, "k2"]
+
+
+class Recorder(monitoring.CommandListener):
+    """Every filter a client sends (find, update, delete), so a test checks the queries code really makes."""
+
+    def __init__(self, database: str) -> None:
+        self.database = database
+        self.filters: list[tuple[str, dict[str, Any]]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.database_name != self.database:
+            return
+        command = event.command
+        if event.command_name == "find":
+            self.filters.append((command["find"], dict(command.get("filter", {}))))
+        elif event.command_name == "update":
+            self.filters += [(command["update"], dict(update["q"])) for update in command.get("updates", [])]
+        elif event.command_name == "delete":
+            self.filters += [(command["delete"], dict(delete["q"])) for delete in command.get("deletes", [])]
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def test_every_query_of_the_request_list_its_backfill_and_its_retention_uses_an_index(stack: str):
+    """``GET /requests`` paged to the end through hours months apart and requests from before ``created_hour``,
+    the backfill that indexes those, and retention forgetting emptied hours: each filter they sent, explained."""
+    settings = Settings(mongo_db=f"pixpress_test_list_pushdown_{uuid.uuid4().hex[:8]}")
+    recorder = Recorder(settings.mongo_db)
+    db = Database(settings)
+    db.client = AsyncMongoClient(settings.mongo_url.get_secret_value(), tz_aware=True, event_listeners=[recorder])
+    db.db = db.client[settings.mongo_db]
+    if "ferretdbVersion" not in await db.client.admin.command("buildInfo"):
+        await db.close()
+        pytest.skip("the plans checked here are FerretDB's (SQLite) plans; MongoDB explains differently")
+    await db.connect()
+    try:
+        for hours_ago in (24 * 60, 5):  # requests an ingest from before created_hour made
+            document = request_document(str(uuid.uuid4()), products=1, images=1)
+            del document["created_hour"]
+            document["created_at"] = utcnow() - timedelta(hours=hours_ago)
+            await db.requests.insert_one(document)
+        await index_existing_requests(db)
+        for hours_ago in (24 * 40, 30, 2, 0):
+            document = request_document(str(uuid.uuid4()), products=1, images=1)
+            created = utcnow() - timedelta(hours=hours_ago)
+            document.update(created_at=created, created_hour=hour_key(created))
+            await request_hours.record_hour(db, document["created_hour"])
+            await db.requests.insert_one(document)
+            await db.progress.insert_one({"_id": document["_id"], "images_done": 0, "updated_at": created})
+        await request_hours.record_hour(db, hour_key(utcnow() - timedelta(days=45)))  # emptied: retention's
+
+        upload = UploadHandler(settings, db, Storage(settings), Broker(settings.amqp_url.get_secret_value()))
+        app = build_app(settings, db, upload, check=lambda: asyncio.sleep(0, {}))
+        listed: list[str] = []
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            path: str | None = "/requests?limit=2"
+            while path:
+                answer = await client.get(path)
+                assert answer.status == 200, await answer.text()
+                body = await answer.json()
+                listed += [item["request_id"] for item in body["items"]]
+                path = body.get("next")
+        assert len(listed) == 6
+        await Retention(db, Storage(settings), days=30).run_once()
+        assert await db.request_hours.count_documents({"_id": hour_key(utcnow() - timedelta(days=45))}) == 0
+
+        filters = recorder.filters
+        kinds = {(collection, tuple(sorted(query))) for collection, query in filters}
+        for expected in [
+            ("request_hours", ("_id",)),  # the walk through the hours
+            ("requests", ("created_hour",)),  # the requests of an hour
+            ("requests", ("_id",)),  # the ids of requests from before created_hour
+            ("progress", ("_id",)),  # live counts of a page's open requests
+            ("request_hours_state", ("_id",)),
+            ("requests", ("status",)),  # the backfill
+        ]:
+            assert expected in kinds, f"no {expected} query was made: {sorted(kinds)}"
+        for collection, query in filters:
+            if not query:
+                # retention takes the output cache's candidates a few at a time from the head of their list: an
+                # unfiltered read is that list's whole point, and no other collection may be read that way
+                assert collection == "cache_candidates", collection
+                continue
+            explain = await db.db.command("explain", {"find": collection, "filter": query})
+            assert explain["filterPushdown"] is True, (collection, query)
+            assert_indexed(plan_of(explain), None)
+    finally:
+        await db.client.drop_database(settings.mongo_db)
+        await db.close()

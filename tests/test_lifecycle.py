@@ -21,7 +21,7 @@ from shared.settings import Settings
 from testkit.stack import service_env
 from tests.support.client import API, wait_final
 from tests.support.servers import WebhookReceiver
-from tests.support.staged import request_document
+from tests.support.staged import insert_as_ingest, request_document
 
 BROKEN_CSV = b"Serial Number,Product Name,Input Image Urls\r\n,No serial,https://img.example/a.jpg\r\n"
 
@@ -41,7 +41,7 @@ async def stage_request(webhook_url: str) -> str:
     storage.put_object(settings.s3_bucket, document["csv_key"], broken, len(BROKEN_CSV), content_type="text/csv")
     client: AsyncMongoClient = AsyncMongoClient(env.get("PIXPRESS_MONGO_URL", "mongodb://127.0.0.1:27017/"))
     try:
-        await client[env.get("PIXPRESS_MONGO_DB", "pixpress")].requests.insert_one(document)
+        await insert_as_ingest(client[env.get("PIXPRESS_MONGO_DB", "pixpress")], document)
     finally:
         await client.close()
     connection = await aio_pika.connect(env.get("PIXPRESS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"))

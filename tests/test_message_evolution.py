@@ -27,7 +27,7 @@ from testkit.stack import service_env
 from tests.support.guarded import GuardedServices, guarded_services
 from tests.support.photos import encode, photo
 from tests.support.servers import ImageHost
-from tests.support.staged import request_document
+from tests.support.staged import insert_as_ingest, request_document
 
 # fields a later version might add: a priority for the task, a thumbnail for the result (not the output cache's
 # fields: those are known now)
@@ -53,7 +53,7 @@ async def fanned_out_request(database: Any, url: str) -> str:
     request_id = str(uuid.uuid4())
     document = request_document(request_id, products=1, images=1)
     document.update(status=RequestStatus.PROCESSING.value, fanout_complete=True, fanout_cursor=1)
-    await database.requests.insert_one(document)
+    await insert_as_ingest(database, document)
     await database.products.insert_one(product_document(request_id, ProductRow(1, "E1", "Evolving", [url])))
     return request_id
 

@@ -18,11 +18,11 @@ import aiohttp
 import pytest
 
 from services.compressor.compress import compress
-from services.compressor.download import DownloadLimits
 from services.compressor.output_cache import OutputCache, content_key
 from services.compressor.worker import CompressorWorker
 from shared.broker import Broker, delivery_count
 from shared.cache import shared_object_key
+from shared.download import DownloadLimits
 from shared.messages import ImageBatch, ImageResult, ImageTask, Queue, RoutingKey, SourceRecord
 from shared.settings import Settings
 from shared.storage import Storage
@@ -194,6 +194,26 @@ async def test_an_output_stored_under_a_guessed_extension_is_found_and_validator
         assert result.source.object_key == made.cache_object
     assert made.source is not None and worker.cache is not None
     assert made.cache_object == shared_object_key(content_key(made.source.sha256, worker.cache.fingerprint), "webp")
+
+
+async def test_a_reused_output_reports_the_formats_of_the_run_that_made_it(rig: Rig):
+    """The console shows each image's format before and after. A reused output ran no codec, and a revalidated one
+    downloaded nothing, so both read the formats back from the shared object: an opaque PNG reports PNG to JPEG
+    whichever way its output came (the formats travel with the object, like its codec)."""
+    body = encode(photo("coffee.png").convert("RGB"), "PNG")
+    url = rig.host.add("opaque.png", body, validators="etag")
+    worker = rig.worker(rig.cache())
+    await worker._process(task(url))
+    made = (await rig.results(1))[0]
+    await worker._process(task(url))
+    same_bytes = (await rig.results(1))[0]
+    assert made.source is not None
+    await worker._process(task(url, known=made.source.model_copy(update={"url_id": None})))
+    revalidated = (await rig.results(1))[0]
+    assert (made.cached, same_bytes.cache, revalidated.cache) == (False, "same_bytes", "revalidated")
+    for result in (made, same_bytes, revalidated):
+        assert (result.format_in, result.format_out, result.codec) == ("PNG", "JPEG", "pillow"), result
+        assert result.output_url == made.output_url
 
 
 async def test_without_the_public_read_policy_lookups_fall_back_to_a_signed_head(rig: Rig):

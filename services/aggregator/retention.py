@@ -13,6 +13,11 @@ cutoff, filtered by ``finished_at``. Its cost follows what expires, not what is 
 just turned on) the first pass reads the finished requests once, tags those that finished before ``finished_hour``
 existed, and starts at the oldest hour.
 
+The list of requests (``GET /requests``) keeps one document per hour that has requests (shared/request_hours.py).
+After deleting requests, a pass walks the hours from the oldest one the list may visit up to the cutoff's hour,
+deletes the documents of hours whose requests are all gone, and moves the oldest hour to the first that still has
+one, so the list's walk shrinks with the data. Hours at or after the cutoff's hour are never touched.
+
 Bounded: a pass deletes at most ``pass_budget`` documents and objects, each database delete at most
 ``IDS_PER_QUERY`` ids; what is left waits for the next sweep. Crash-safe and idempotent: a request's own document
 goes last, so a pass cut short anywhere finds the request again and finishes the job, and every step deletes only
@@ -36,8 +41,9 @@ from typing import Any
 import structlog
 from pymongo.asynchronous.collection import AsyncCollection
 
+from shared import request_hours
 from shared.cache import may_delete
-from shared.database import IDS_PER_QUERY, Database, insert_new
+from shared.database import IDS_PER_QUERY, Database, find_by_ids, insert_new
 from shared.lifecycle import FINAL_STATUSES
 from shared.storage import Storage
 from shared.timeutil import hour_key, hour_keys, next_hour, previous_hour, utcnow
@@ -128,6 +134,7 @@ class Retention:
                 await self._move_cursor(chunk[-1])
         else:
             deleted += (await self._expire(cutoff_hour_filter(cutoff), budget))[1]
+        await self._forget_empty_hours(hour_key(cutoff), budget)
         await self._collect_candidates(now, budget)
         if deleted or budget.left < self.pass_budget:
             log.info(
@@ -201,6 +208,26 @@ class Retention:
             deleted += result.deleted_count
             budget.spend(len(ids))
         return False, deleted
+
+    async def _forget_empty_hours(self, cutoff_hour: str, budget: Budget) -> None:
+        """Delete the list's hour documents before ``cutoff_hour`` that have no request left, and move its oldest
+        hour to the first one that does (or to ``cutoff_hour``). Nothing before ingest indexed the requests."""
+        listing = await request_hours.state(self.db)
+        if listing is None:
+            return
+        hours = hour_keys(listing["oldest"], cutoff_hour)
+        oldest = cutoff_hour
+        for first in range(0, len(hours), HOURS_PER_QUERY):
+            chunk = hours[first : first + HOURS_PER_QUERY]
+            for hour in sorted(await find_by_ids(self.db.request_hours, chunk), key=lambda document: document["_id"]):
+                if budget.left <= 0 or not await request_hours.hour_is_empty(self.db, hour):
+                    oldest = min(oldest, hour["_id"])
+                    continue
+                await self.db.request_hours.delete_one({"_id": hour["_id"]})
+                budget.spend(1)
+        if oldest > listing["oldest"]:  # on a young database the cutoff lies before the oldest hour
+            await request_hours.write_state(self.db, oldest=oldest)
+            log.info("request_hours_oldest_moved", oldest_hour=oldest)
 
     async def _nominate(self, keys: set[str]) -> None:
         """Shared objects whose references are about to go: checked by ``_collect_candidates``."""

@@ -22,7 +22,7 @@ from services.aggregator.batcher import Batcher
 from services.aggregator.finisher import Finisher
 from shared import metrics
 from shared.cache import CacheKind
-from shared.database import Database, insert_new, result_id
+from shared.database import Database, failed_bucket, insert_new, result_id
 from shared.lifecycle import progress_of
 from shared.messages import ImageResult, SourceRecord
 from shared.timeutil import hour_key, utcnow
@@ -31,7 +31,7 @@ log = structlog.get_logger()
 
 
 def result_document(result: ImageResult) -> dict:
-    return {
+    document = {
         "_id": result_id(result.request_id, result.row, result.index),
         "request_id": result.request_id,
         "row": result.row,
@@ -42,11 +42,16 @@ def result_document(result: ImageResult) -> dict:
         "bytes_in": result.bytes_in,
         "bytes_out": result.bytes_out,
         "codec": result.codec,
+        "format_in": result.format_in,
+        "format_out": result.format_out,
         "cached": result.cached,
         "cache": result.cache,
         "cache_object": result.cache_object if result.ok else None,
         "at": utcnow(),
     }
+    if not result.ok:
+        document["failed_bucket"] = failed_bucket(result.request_id, result.row)
+    return document
 
 
 def url_record(source: SourceRecord, now: datetime) -> dict:

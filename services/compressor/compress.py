@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image, ImageCms, ImageFile, ImageOps, ImageSequence, UnidentifiedImageError
 
@@ -45,6 +45,7 @@ class Compressed:
     width: int
     height: int
     codec: str = "pillow"  # "dct": re-quantised in the DCT domain (services/compressor/jpeg_fast.py)
+    source_format: str = ""  # what the input decoded as (Pillow's name), shown in the console
 
     @property
     def extension(self) -> str:
@@ -88,10 +89,10 @@ def compress(
                 fast = requantize_or_none(data, quality=quality, max_pixels=max_pixels)
                 if fast is not None:
                     width, height = source.size
-                    return Compressed(fast, "JPEG", width, height, codec="dct")
+                    return Compressed(fast, "JPEG", width, height, codec="dct", source_format=fmt)
             if (getattr(source, "n_frames", 1) or 1) > 1:
-                return _animated(source, quality)
-            return _still(source, fmt, quality)
+                return replace(_animated(source, quality), source_format=fmt)
+            return replace(_still(source, fmt, quality), source_format=fmt)
         except ImageRejected:
             raise
         except Exception as exc:  # see the docstring

@@ -7,18 +7,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 
-from services.compressor.download import DownloadLimits
 from services.compressor.frame_budget import set_pillow_backstop
 from services.compressor.output_cache import OutputCache
 from services.compressor.worker import CompressorWorker
 from shared import metrics
 from shared.broker import Broker
+from shared.download import download_limits, download_session
 from shared.logging import configure_logging
 from shared.messages import ImageBatch, ImageTask, Queue
 from shared.runtime import install_stop_signals, start_health_server
 from shared.settings import get_settings
 from shared.storage import Storage
-from shared.url_guard import guarded_connector
 
 
 async def run() -> None:
@@ -31,11 +30,9 @@ async def run() -> None:
     storage = Storage(settings)
     await storage.ensure_bucket()
     await broker.connect()
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout, sock_read=settings.read_timeout)
-    connector = guarded_connector(settings.allow_private_urls, limit=64)
     executor = ThreadPoolExecutor(max_workers=settings.compressor_workers, thread_name_prefix="codec")
     async with (
-        aiohttp.ClientSession(timeout=timeout, connector=connector, headers={"User-Agent": "pixpress/0.1"}) as session,
+        download_session(settings, connections=64) as session,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as storage_http,
     ):
         cache = (
@@ -48,12 +45,7 @@ async def run() -> None:
             storage=storage,
             session=session,
             executor=executor,
-            limits=DownloadLimits(
-                max_bytes=settings.max_image_bytes,
-                max_redirects=settings.max_redirects,
-                total_timeout=settings.download_timeout,
-                allow_private=settings.allow_private_urls,
-            ),
+            limits=download_limits(settings),
             quality=settings.jpeg_quality,
             max_pixels=settings.max_image_pixels,
             max_frames=settings.max_image_frames,

@@ -68,12 +68,21 @@ def output_extensions(data: bytes) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class Hit:
-    """A shared output that may be reused."""
+class Output:
+    """An output in storage and what a result reports about it: its size, the codec that made it, the format its
+    source decoded as and its own (None where unknown)."""
 
     key: str
     size: int
     codec: str | None
+    format_in: str | None = None
+    format_out: str | None = None
+
+
+@dataclass(frozen=True)
+class Hit(Output):
+    """A shared output that may be reused; codec and formats are read back from the object's metadata and type
+    (a revalidated image has no bytes to look at)."""
 
 
 @dataclass(frozen=True)
@@ -165,5 +174,24 @@ def _unreachable(error: BaseException) -> bool:
     return isinstance(error, aiohttp.ClientConnectionError | TimeoutError)
 
 
+def shared_object_metadata(codec: str, source_format: str) -> dict[str, str]:
+    """What a shared output carries besides its bytes, so whoever reuses it can report the image as the run that
+    made it did: the codec, and the format the source decoded as (a function of the source bytes, like the key).
+    Objects stored before ``source-format`` was written report it as unknown."""
+    metadata = {"codec": codec}
+    if source_format:
+        metadata["source-format"] = source_format
+    return metadata
+
+
+_FORMAT_OF_TYPE = {"image/jpeg": "JPEG", "image/webp": "WEBP"}
+
+
 def _hit(stored: StoredObject) -> Hit:
-    return Hit(stored.key, stored.size, stored.metadata.get("codec"))
+    return Hit(
+        stored.key,
+        stored.size,
+        stored.metadata.get("codec"),
+        format_in=stored.metadata.get("source-format"),
+        format_out=_FORMAT_OF_TYPE.get(stored.content_type),
+    )

@@ -15,11 +15,18 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from services.compressor.compress import Compressed, ImageRejected, compress
-from services.compressor.download import DownloadError, DownloadLimits, Fetched, Validators, fetch
-from services.compressor.output_cache import Expiring, Hit, OutputCache, output_extensions
+from services.compressor.output_cache import (
+    Expiring,
+    Hit,
+    Output,
+    OutputCache,
+    output_extensions,
+    shared_object_metadata,
+)
 from shared import metrics
 from shared.broker import DELIVERY_LIMIT, Broker, delivery_count
 from shared.cache import CacheKind, is_shared_object, url_record_id
+from shared.download import DownloadError, DownloadLimits, Fetched, Validators, fetch
 from shared.messages import ImageBatch, ImageResult, ImageTask, RoutingKey, SourceRecord
 from shared.reasons import short_reason
 from shared.storage import Storage
@@ -176,9 +183,7 @@ class CompressorWorker:
         found = await self.cache.find(digest, fetched.body)
         if isinstance(found, Hit):
             source = self._source_record(task, digest, fetched, found.key)
-            await self._publish_output(
-                task, found.key, len(fetched.body), found.size, found.codec, CacheKind.SAME_BYTES, source
-            )
+            await self._publish_output(task, found, len(fetched.body), CacheKind.SAME_BYTES, source)
             return
         await self._compress_and_store(task, fetched.body, _Shared(digest, fetched, expiring=found is not None))
 
@@ -189,7 +194,7 @@ class CompressorWorker:
         if not isinstance(found, Hit):
             log.info("cache_revalidated_output_unusable", key=key, expiring=found is not None)
             return False
-        await self._publish_output(task, found.key, bytes_in, found.size, found.codec, CacheKind.REVALIDATED, None)
+        await self._publish_output(task, found, bytes_in, CacheKind.REVALIDATED, None)
         return True
 
     async def _download_failed(self, task: ImageTask, exc: DownloadError) -> None:
@@ -232,9 +237,10 @@ class CompressorWorker:
             if looked or not isinstance(await self.cache.check(candidate), Expiring):
                 key = candidate
                 source = self._source_record(task, shared.digest, shared.fetched, key)
-        metadata = {"codec": result.codec} if is_shared_object(key) else None
+        metadata = shared_object_metadata(result.codec, result.source_format) if is_shared_object(key) else None
         await metrics.timed("store", self.storage.put_bytes(key, result.data, result.content_type, metadata))
-        await self._publish_output(task, key, len(data), len(result.data), result.codec, None, source)
+        output = Output(key, len(result.data), result.codec, result.source_format, result.format)
+        await self._publish_output(task, output, len(data), None, source)
 
     def _source_record(self, task: ImageTask, digest: str, fetched: Fetched, key: str) -> SourceRecord | None:
         """What the aggregator should remember about this URL: only when its origin sent validators (without them
@@ -254,15 +260,9 @@ class CompressorWorker:
         return record
 
     async def _publish_output(
-        self,
-        task: ImageTask,
-        key: str,
-        bytes_in: int,
-        bytes_out: int,
-        codec: str | None,
-        cache: CacheKind | None,
-        source: SourceRecord | None,
+        self, task: ImageTask, output: Output, bytes_in: int, cache: CacheKind | None, source: SourceRecord | None
     ) -> None:
+        key, bytes_out, codec = output.key, output.size, output.codec
         codec_run = None if cache is not None else codec  # a reused output ran no codec now
         await self._emit(
             task.settled(
@@ -271,6 +271,8 @@ class CompressorWorker:
                 bytes_in=bytes_in,
                 bytes_out=bytes_out,
                 codec=codec,
+                format_in=output.format_in,
+                format_out=output.format_out,
                 cached=cache is not None,
                 cache=cache.value if cache is not None else None,
                 cache_object=key if is_shared_object(key) else None,
@@ -282,6 +284,7 @@ class CompressorWorker:
             "image_done",
             bytes_in=bytes_in,
             bytes_out=bytes_out,
+            format=output.format_out,
             codec=codec,
             cached=cache is not None,
             cache=cache.value if cache is not None else None,

@@ -26,9 +26,7 @@ _SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f]")
 # this matches is one url_problem() accepts anyway (when the SSRF guard also has nothing to say about its host:
 # plain_name_needs_no_check); everything else (user info, IPv6, odd hosts) takes the full path below, so the
 # fast path changes speed, never the verdict (tests/test_url_guard.py checks that on generated URLs).
-_PLAIN_HTTP_URL = re.compile(
-    r"(?i)https?://([a-z0-9][a-z0-9.-]*)(?::([1-9][0-9]{0,4}))?(?:[/?#].*)?", re.DOTALL
-)
+_PLAIN_HTTP_URL = re.compile(r"(?i)https?://([a-z0-9][a-z0-9.-]*)(?::([1-9][0-9]{0,4}))?(?:[/?#].*)?", re.DOTALL)
 
 
 @dataclass(frozen=True, slots=True)

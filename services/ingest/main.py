@@ -7,6 +7,7 @@ import asyncio
 from aiohttp import web
 
 from services.ingest.api import build_app
+from services.ingest.backfill import index_existing_requests
 from services.ingest.csv_parser import Limits
 from services.ingest.fanout import FanOut
 from services.ingest.upload import UploadHandler
@@ -29,6 +30,7 @@ async def run() -> None:
     storage = Storage(settings)
     broker = Broker(settings.amqp_url.get_secret_value(), settings.exchange)
     await db.connect()
+    await index_existing_requests(db)  # once per database; GET /requests needs it
     await storage.ensure_bucket()
     await broker.connect()
 

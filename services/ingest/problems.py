@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -31,6 +32,17 @@ def request_id_error(error_class: type[web.HTTPError], slug: str, title: str, me
     """A refusal about a request id, raised from a helper to abort its handler; carries the seed's ``error``."""
     body = RequestIdProblem.of(error_class.status_code, slug, title, message, error=message)
     return error_class(text=json.dumps(json_body(body)), content_type=PROBLEM_JSON)
+
+
+def request_id_of(request: web.Request) -> str:
+    """The ``{request_id}`` of the matched route in canonical form, or a 400 refusal."""
+    raw = request.match_info["request_id"]
+    try:
+        return str(uuid.UUID(raw))  # not version=4: that would rewrite the version bits, not check them
+    except ValueError:
+        # problem+json like every other refusal; `error` is the seed's member, kept for its clients
+        message = "malformed request id; expected a UUID"
+        raise request_id_error(web.HTTPBadRequest, "malformed-request-id", "Malformed request id", message) from None
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -7,6 +7,8 @@ from urllib.parse import urlsplit
 
 from services.ingest.csv_parser import ProductRow
 from shared.api_models import (
+    ImageState,
+    ImageView,
     ProductView,
     ProgressView,
     RequestDetail,
@@ -20,6 +22,7 @@ from shared.cache import CacheKind
 from shared.database import product_id
 from shared.lifecycle import is_open, progress_of
 from shared.messages import RequestStatus
+from shared.request_hours import created_fields
 from shared.timeutil import utcnow
 
 
@@ -39,7 +42,7 @@ def new_request_document(
     document: dict[str, Any] = {
         "_id": request_id,
         "status": RequestStatus.QUEUED.value,
-        "created_at": now,
+        **created_fields(now),
         "updated_at": now,
         "csv_key": csv_key,
         "csv_sha256": csv_sha256,
@@ -131,14 +134,18 @@ def product_view(document: dict[str, Any], results: list[dict[str, Any]]) -> Pro
     outputs: list[str | None] = [None] * count
     errors: list[str | None] = [None] * count
     cache: list[CacheKind | None] = [None] * count
-    settled = 0
+    by_index: dict[int, dict[str, Any]] = {}
     for result in results:
         index = result["index"]
         if 0 <= index < count:
             outputs[index] = result.get("output_url")
             errors[index] = result.get("error")
-            cache[index] = CacheKind(result["cache"]) if result.get("cached") else None
-            settled += 1
+            cache[index] = cache_kind(result)
+            by_index[index] = result
+    images = [
+        image_view(document["request_id"], document["row"], index, url, by_index.get(index))
+        for index, url in enumerate(document["input_image_urls"])
+    ]
     return ProductView(
         row=document["row"],
         serial_number=document["serial_number"],
@@ -148,5 +155,38 @@ def product_view(document: dict[str, Any], results: list[dict[str, Any]]) -> Pro
         output_image_urls=outputs,
         image_errors=errors,
         image_cache=cache,
-        pending=count - settled,
+        pending=count - len(by_index),
+        images=images,
+    )
+
+
+def cache_kind(result: dict[str, Any]) -> CacheKind | None:
+    """How a settled image's output was reused, None when it was compressed for its request (or failed)."""
+    return CacheKind(result["cache"]) if result.get("cached") else None
+
+
+def thumbnail_path(request_id: str, row: int, index: int, version: str) -> str:
+    return f"/requests/{request_id}/images/{row}/{index}/thumb?v={version}"
+
+
+def image_view(request_id: str, row: int, index: int, url: str, result: dict[str, Any] | None) -> ImageView:
+    """What the console shows of one image; thumbnails of the compressed version only once there is one."""
+    found = result or {}
+    state = ImageState.PENDING if result is None else ImageState.DONE if found.get("ok") else ImageState.FAILED
+    done = state is ImageState.DONE
+    thumbnails = {"original": thumbnail_path(request_id, row, index, "original")}
+    if done:
+        thumbnails["compressed"] = thumbnail_path(request_id, row, index, "compressed")
+    return ImageView(
+        index=index,
+        input_url=url,
+        state=state,
+        output_url=found.get("output_url") if done else None,
+        error=(found.get("error") or "failed") if state is ImageState.FAILED else None,
+        format_in=found.get("format_in") if done else None,
+        format_out=found.get("format_out") if done else None,
+        bytes_in=found.get("bytes_in") if done else None,
+        bytes_out=found.get("bytes_out") if done else None,
+        cache=cache_kind(found) if done else None,
+        thumbnails=thumbnails,
     )

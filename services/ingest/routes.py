@@ -14,6 +14,7 @@ from shared.api_models import (
     ProductsPage,
     RequestDetail,
     RequestIdProblem,
+    RequestsPage,
     StatusView,
     UploadAccepted,
 )
@@ -21,7 +22,11 @@ from shared.metrics import METRICS_PATH, PROMETHEUS_TEXT
 
 OPENAPI_PATH = "/openapi.json"
 DOCS_PATH = "/docs"
+CONSOLE_HOME = "/"
+CONSOLE_REQUEST = "/console/requests/{request_id}"
 MAX_PAGE = 500
+MAX_REQUESTS_PAGE = 100
+DEFAULT_REQUESTS_PAGE = 20
 MAX_OFFSET = 2**31 - 1  # larger skips overflow MongoDB's 64-bit integers (a 500); no request has that many rows
 
 ABOUT = (
@@ -121,6 +126,43 @@ STATUS = Operation(
     {200: Answer("The request's status and progress.", StatusView), 400: BAD_ID, 404: UNKNOWN_ID},
     parameters=(REQUEST_ID,),
 )
+LIST = Operation(
+    "GET",
+    "/requests",
+    "listRequests",
+    "requests",
+    "Requests, newest first",
+    "Every request the server keeps, newest first (by the time it was uploaded), each as "
+    "`GET /status/{request_id}` answers it, with live counts while it runs. Follow `next` to page; requests "
+    "uploaded while you page never shift the pages still ahead, so paging to the end shows every request that "
+    "existed when you began exactly once. Every page costs the same, however many requests the server has "
+    "processed.",
+    {
+        200: Answer("One page of requests.", RequestsPage),
+        400: Answer("`limit` is out of range, or `before` is not a cursor this server wrote.", Problem, PROBLEM_JSON),
+        503: Answer(
+            "The server is still indexing the requests it kept from before this route existed; try again soon.",
+            Problem,
+            PROBLEM_JSON,
+        ),
+    },
+    parameters=(
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "description": "Requests per page.",
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_REQUESTS_PAGE, "default": DEFAULT_REQUESTS_PAGE},
+        },
+        {
+            "name": "before",
+            "in": "query",
+            "required": False,
+            "description": "Opaque cursor from the previous page's `next`: the page holds the requests after it.",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[A-Za-z0-9_-]+$"},
+        },
+    ),
+)
 DETAIL = Operation(
     "GET",
     "/requests/{request_id}",
@@ -164,6 +206,63 @@ PRODUCTS = Operation(
             "required": False,
             "description": "Products per page.",
             "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 100},
+        },
+        {
+            "name": "failed",
+            "in": "query",
+            "required": False,
+            "description": "`true`: only products with at least one failed image. One page searches a bounded "
+            "number of rows, so it may hold fewer than `limit` products (even none) and still have a `next`.",
+            "schema": {"type": "string", "enum": ["true", "false"], "default": "false"},
+        },
+    ),
+)
+THUMBNAIL = Operation(
+    "GET",
+    "/requests/{request_id}/images/{row}/{index}/thumb",
+    "getThumbnail",
+    "requests",
+    "A small preview of an image, original or compressed",
+    "At most 240 pixels on the longer side, WebP, first frame only. The compressed version is read from storage; "
+    "the original is fetched by the server from the CSV's URL with the same SSRF guard and limits as the "
+    "compressor (a browser showing the preview never contacts that host). Previews are cached for a while.",
+    {
+        200: Answer(
+            "The preview.", media_type="image/webp", schema={"type": "string", "contentMediaType": "image/webp"}
+        ),
+        400: Answer("Malformed request id, row, index or `v`.", Problem, PROBLEM_JSON),
+        404: Answer(
+            "No such request, row or image, or no compressed version (pending or failed).", Problem, PROBLEM_JSON
+        ),
+        502: Answer(
+            "The original could not be downloaded, the bytes cannot be previewed (not an image, too many pixels; "
+            "`detail` says why), or storage failed.",
+            Problem,
+            PROBLEM_JSON,
+        ),
+    },
+    parameters=(
+        REQUEST_ID,
+        {
+            "name": "row",
+            "in": "path",
+            "required": True,
+            "description": "CSV data row, 1 = the first.",
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_OFFSET},
+        },
+        {
+            "name": "index",
+            "in": "path",
+            "required": True,
+            "description": "Position of the URL in the row's `Input Image Urls` cell, from 0.",
+            "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
+        },
+        {
+            "name": "v",
+            "in": "query",
+            "required": False,
+            "description": "Which version.",
+            "schema": {"type": "string", "enum": ["original", "compressed"], "default": "compressed"},
         },
     ),
 )
@@ -251,4 +350,43 @@ DOCS = Operation(
     open=True,
 )
 
-OPERATIONS = (UPLOAD, STATUS, DETAIL, PRODUCTS, OUTPUT_CSV, HEALTH, METRICS, OPENAPI, DOCS)
+HTML_PAGE = {"type": "string", "contentMediaType": "text/html"}
+CONSOLE = Operation(
+    "GET",
+    CONSOLE_HOME,
+    "console",
+    "console",
+    "The console: upload a CSV, see every request",
+    "A page for people (docs/console.md). Like `/docs` it holds no data and needs no key; its script reads this "
+    "API, asking for the key once per browser tab when the server has one.",
+    {200: Answer("HTML page.", media_type="text/html", schema=HTML_PAGE)},
+    open=True,
+)
+CONSOLE_REQUEST_PAGE = Operation(
+    "GET",
+    CONSOLE_REQUEST,
+    "consoleRequest",
+    "console",
+    "The console's page of one request",
+    "Live progress, totals, the output CSV, webhook attempts and every product with previews of its images. The "
+    "page itself holds no data, so it answers the same whether the request exists or not.",
+    {200: Answer("HTML page.", media_type="text/html", schema=HTML_PAGE), 400: BAD_ID},
+    parameters=(REQUEST_ID,),
+    open=True,
+)
+
+OPERATIONS = (
+    UPLOAD,
+    STATUS,
+    LIST,
+    DETAIL,
+    PRODUCTS,
+    THUMBNAIL,
+    OUTPUT_CSV,
+    HEALTH,
+    METRICS,
+    OPENAPI,
+    DOCS,
+    CONSOLE,
+    CONSOLE_REQUEST_PAGE,
+)

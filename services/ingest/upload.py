@@ -29,6 +29,7 @@ from shared.broker import Broker
 from shared.database import Database
 from shared.messages import RequestAccepted, RoutingKey
 from shared.reasons import short_reason
+from shared.request_hours import record_hour
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.timeutil import utcnow
@@ -102,6 +103,7 @@ class UploadHandler:
         self.limits = Limits(
             settings.max_rows, settings.max_urls_per_row, settings.max_url_length, settings.allow_private_urls
         )
+        self._recorded_hour: str | None = None
 
     async def __call__(self, request: web.Request) -> web.Response:
         if not request.content_type.startswith("multipart/form-data"):
@@ -178,6 +180,7 @@ class UploadHandler:
             idempotency_key=idempotency_key,
         )
         try:
+            await self._record_hour(document["created_hour"])
             await self.db.requests.insert_one(document)
         except BaseException:
             await self.storage.delete(csv_key)  # no request refers to it: do not leave it behind
@@ -187,6 +190,13 @@ class UploadHandler:
         )
         log.info("upload_accepted", rows=validation.rows, urls=validation.urls, bytes=size)
         return accepted(request_id)
+
+    async def _record_hour(self, hour: str) -> None:
+        """List the request's hour for ``GET /requests`` (shared/request_hours.py) before the request exists; once
+        per hour per process, as an hour that has requests is never deleted while it is recent."""
+        if hour != self._recorded_hour:
+            await record_hour(self.db, hour)
+            self._recorded_hour = hour
 
     async def _claim(self, key: str, request_id: str, digest: str) -> dict[str, Any] | None:
         """Record ``key`` as this upload's; when another upload holds it already, return that upload's record."""

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.ingest.api import build_app
+from services.ingest.backfill import index_existing_requests
 from services.ingest.upload import UploadHandler
 from shared.broker import Broker
 from shared.database import Database
@@ -26,6 +27,7 @@ async def serve_api(settings: Settings) -> AsyncIterator[TestClient]:
     storage = Storage(settings)
     broker = Broker(settings.amqp_url.get_secret_value(), settings.exchange)
     await db.connect(wait_seconds=30)
+    await index_existing_requests(db)
     await storage.ensure_bucket(wait_seconds=30)
     await broker.connect(wait_seconds=30)
 

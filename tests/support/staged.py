@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from pymongo.asynchronous.database import AsyncDatabase
+
 from services.ingest.records import new_request_document
+from shared.database import insert_new
 
 HEADER = ["Serial Number", "Product Name", "Input Image Urls"]
 
@@ -23,3 +26,10 @@ def request_document(request_id: str, *, products: int, images: int, webhook_url
         webhook_url=webhook_url,
         idempotency_key=None,
     )
+
+
+async def insert_as_ingest(database: AsyncDatabase, document: dict[str, Any]) -> None:
+    """Insert ``document`` the way ingest does: its hour listed first (shared/request_hours.py), so that
+    ``GET /requests`` lists it like an uploaded one."""
+    await insert_new(database["request_hours"], [{"_id": document["created_hour"]}])
+    await database.requests.insert_one(document)

@@ -1,6 +1,9 @@
 """Download one image with hard limits: bytes, time, redirects and SSRF checks on every hop.
 
-Errors are classified here because only the HTTP layer knows whether trying again can help.
+The compressor fetches every image with it, and ingest the originals it shows as thumbnails in the console
+(services/ingest/thumbnails.py): one downloader, so a URL a browser asks ingest to fetch meets exactly the guard and
+limits the compressor applies. Errors are classified here because only the HTTP layer knows whether trying again can
+help.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from yarl import URL
 
 from shared.cache import MAX_ETAG_LENGTH, MAX_LAST_MODIFIED_LENGTH, printable_validator
 from shared.reasons import describe_client_error
-from shared.url_guard import BlockedAddressError, check_url, refusal_behind
+from shared.settings import Settings
+from shared.url_guard import BlockedAddressError, check_url, guarded_connector, refusal_behind
 
 _REDIRECTS = {301, 302, 303, 307, 308}
 
@@ -166,3 +170,20 @@ async def _read_limited(response: aiohttp.ClientResponse, max_bytes: int) -> byt
     if not size:
         raise DownloadError("empty response body (0 bytes)", transient=False)
     return b"".join(parts)
+
+
+def download_limits(settings: Settings) -> DownloadLimits:
+    """The limits every image download runs with (``PIXPRESS_MAX_IMAGE_BYTES``, ``_MAX_REDIRECTS``, …)."""
+    return DownloadLimits(
+        max_bytes=settings.max_image_bytes,
+        max_redirects=settings.max_redirects,
+        total_timeout=settings.download_timeout,
+        allow_private=settings.allow_private_urls,
+    )
+
+
+def download_session(settings: Settings, connections: int) -> aiohttp.ClientSession:
+    """A session whose every connection goes through the SSRF guard, with the connect and read timeouts."""
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout, sock_read=settings.read_timeout)
+    connector = guarded_connector(settings.allow_private_urls, limit=connections)
+    return aiohttp.ClientSession(timeout=timeout, connector=connector, headers={"User-Agent": "pixpress/0.1"})
