@@ -2,8 +2,9 @@
 
 Every address a test reaches is loopback, which the guard refuses on the first hop, so it never gets to judge a
 redirect. Here a network namespace of the test's own gives a globally routable address to its loopback interface;
-an image host there redirects to every spelling of 127.0.0.1 and ``localhost``, and the compressor's downloader must refuse each at once, permanently, without a request reaching the
-loopback host, while a redirect to the public host itself is followed. Needs root and ``ip`` (CI has both).
+an image host there redirects to every spelling of 127.0.0.1 and ``localhost``, and the compressor's downloader
+must refuse each at once, permanently, without a request reaching the loopback host, while a redirect to the
+public host itself is followed. Needs root and ``ip`` (CI has both).
 """
 
 from __future__ import annotations
