@@ -133,7 +133,7 @@ class Settings(BaseSettings):
         "1: one `image.done` message per image, as compressors before it did",
     )
     result_batch_delay_ms: int = Field(
-        default=50,
+        default=250,
         ge=0,
         le=1000,
         description="longest a finished result waits for others to share its message; it waits only while the "
