@@ -380,6 +380,9 @@ class Pipeline:
             "PIXPRESS_API_PORT": str(self.port),
             "PIXPRESS_ALLOW_PRIVATE_URLS": "true",  # the photographs are served from 127.0.0.1
             "PIXPRESS_LOG_LEVEL": "INFO",
+            # the runs of a configuration share their database and bucket: with the output cache on, every run
+            # after the first would reuse the first one's outputs and run no codec (bench/resync.py measures that)
+            "PIXPRESS_CACHE": "off",
             "PYTHONUNBUFFERED": "1",
             **extra,
         }

@@ -125,8 +125,8 @@ IMAGES_QUARANTINED = Counter(
 STAGE_SECONDS = Histogram(
     "pixpress_stage_seconds",
     "Time of one run of a stage of an image, failed runs included: download (per attempt), decode_encode "
-    "(codec thread time, not the wait for a free thread), store (MinIO PUT, its retries included), publish (the "
-    "confirmed result; the results of a batch of known URLs are one publish).",
+    "(codec thread time, not the wait for a free thread), store (MinIO PUT, its retries included), publish (one "
+    "confirmed result message: results that finish close together, and those of a batch of known URLs, share one).",
     ["stage"],
     buckets=_SECONDS_BUCKETS,
     registry=None,

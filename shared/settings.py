@@ -11,6 +11,8 @@ from functools import lru_cache
 from pydantic import Field, HttpUrl, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.messages import MAX_RESULTS_PER_MESSAGE
+
 
 class Settings(BaseSettings):
     """Validated configuration; a bad value stops the service at start with a clear message."""
@@ -122,6 +124,20 @@ class Settings(BaseSettings):
     )
     retry_base_delay_ms: int = Field(
         default=1000, ge=10, description="first download retry delay; doubles each attempt, plus 0-30 % jitter"
+    )
+    result_batch: int = Field(
+        default=16,
+        ge=1,
+        le=MAX_RESULTS_PER_MESSAGE,
+        description="most results a compressor sends in one `image.done.batch` message (docs/messages.md); "
+        "1: one `image.done` message per image, as compressors before it did",
+    )
+    result_batch_delay_ms: int = Field(
+        default=250,
+        ge=0,
+        le=1000,
+        description="longest a finished result waits for others to share its message; it waits only while the "
+        "compressor still has images in progress, so a lone image or a request's last one goes at once",
     )
 
     # --- fan-out / aggregation --------------------------------------------------------------------------

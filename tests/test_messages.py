@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from shared.messages import (
     ImageBatch,
     ImageResult,
+    ImageResults,
     ImageTask,
     Message,
     Progress,
@@ -40,22 +41,24 @@ TASK = {
     "url": "https://img.example/a.jpg",
     "attempt": 2,
 }
+RESULT = {
+    "request_id": REQUEST_ID,
+    "product_id": f"{REQUEST_ID}:1",
+    "row": 1,
+    "index": 0,
+    "ok": True,
+    "output_url": "http://127.0.0.1:9000/pixpress/images/a.jpg",
+    "bytes_in": 10,
+    "bytes_out": 5,
+    "codec": "dct",
+}
 EXAMPLES: dict[type[Message], dict[str, Any]] = {
     RequestAccepted: {"request_id": REQUEST_ID},
     ImageTask: TASK,
     SourceRecord: SOURCE,
     ImageBatch: {"tasks": [{**TASK, "known": SOURCE}, {**TASK, "index": 1, "known": SOURCE}]},
-    ImageResult: {
-        "request_id": REQUEST_ID,
-        "product_id": f"{REQUEST_ID}:1",
-        "row": 1,
-        "index": 0,
-        "ok": True,
-        "output_url": "http://127.0.0.1:9000/pixpress/images/a.jpg",
-        "bytes_in": 10,
-        "bytes_out": 5,
-        "codec": "dct",
-    },
+    ImageResult: RESULT,
+    ImageResults: {"results": [RESULT, {**RESULT, "index": 1, "ok": False, "error": "download failed: 404"}]},
     Progress: {"products_total": 1, "images_total": 2, "images_done": 1, "images_failed": 1},
     RequestFinished: {
         "request_id": REQUEST_ID,
@@ -70,6 +73,7 @@ MALFORMED: dict[type[Message], tuple[str, object]] = {
     SourceRecord: ("sha256", "not a digest"),
     ImageBatch: ("tasks", []),  # a batch holds at least one task
     ImageResult: ("ok", "perhaps"),
+    ImageResults: ("results", [RESULT] * 257),  # at most 256 results a message
     Progress: ("images_done", "many"),
     RequestFinished: ("status", "Done"),  # not one of the seed's four spellings
 }

@@ -161,11 +161,12 @@ async def test_a_request_moves_the_counters_by_exactly_its_images(
 
     # stage histograms: one observation per run of a stage
     stages = {stage: delta("pixpress_stage_seconds_count", stage=stage) for stage in metrics.STAGES}
-    assert stages == {
+    # one publish per result message; results finishing close together share one, how many depends on timing
+    assert 1 <= stages["publish"] <= images, stages
+    assert {stage: count for stage, count in stages.items() if stage != "publish"} == {
         "download": images + 2,  # every attempt, the two 503s included
         "decode_encode": 6 + 2,  # every downloaded body: the six images, the HTML page, the truncated JPEG
         "store": 6,
-        "publish": images,  # one result per image
     }
     for stage in metrics.STAGES:
         assert delta("pixpress_stage_seconds_bucket", stage=stage, le="+Inf") == stages[stage]

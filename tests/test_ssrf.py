@@ -21,7 +21,7 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient
 from pymongo import AsyncMongoClient
 
-from shared.messages import ImageResult, ImageTask, Progress, RequestFinished, RequestStatus, RoutingKey
+from shared.messages import ImageResults, ImageTask, Progress, RequestFinished, RequestStatus, RoutingKey
 from shared.settings import Settings
 from shared.timeutil import utcnow
 from testkit.stack import service_env
@@ -89,7 +89,7 @@ async def test_guarded_compressor_fails_a_refused_image_at_once_without_fetching
     url = spelled(image_host.add("a.jpg", photo_bytes("rocket.jpg")), host)
     task = ImageTask(request_id=str(uuid.uuid4()), product_id="p", row=1, index=0, url=url)
     await guarded.publish(RoutingKey.IMAGE_TODO, task)
-    result = ImageResult.model_validate_json(await guarded.take("aggregator.results"))
+    [result] = ImageResults.model_validate_json(await guarded.take("aggregator.results.batch")).results
     assert result.request_id == task.request_id
     assert not result.ok and result.error is not None
     assert "not allowed" in result.error or "non-ASCII" in result.error, result.error

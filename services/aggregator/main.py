@@ -12,7 +12,7 @@ from shared import metrics
 from shared.broker import Broker
 from shared.database import Database
 from shared.logging import configure_logging
-from shared.messages import ImageResult, Queue
+from shared.messages import ImageResult, ImageResults, Queue
 from shared.runtime import install_stop_signals, start_health_server
 from shared.settings import get_settings
 from shared.storage import Storage
@@ -39,6 +39,9 @@ async def run() -> None:
 
     health = await start_health_server(check, settings.health_host, settings.health_port)
     await broker.consume(Queue.RESULTS, ImageResult, tracker.handle, settings.aggregator_prefetch)
+    # results several to a message: about as many results in flight as from the single-result queue
+    batch_prefetch = max(1, settings.aggregator_prefetch // settings.result_batch)
+    await broker.consume(Queue.RESULTS_BATCH, ImageResults, tracker.handle_batch, batch_prefetch)
     sweep_task = asyncio.create_task(sweeper.run(stop))
     log.info("aggregator_started", retention_days=settings.retention_days)
     await stop.wait()

@@ -11,6 +11,7 @@ been lost in a crash) or from the sweeper when a request goes quiet.
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from datetime import datetime
 
@@ -18,13 +19,13 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from pymongo import ReplaceOne, ReturnDocument
 
-from services.aggregator.batcher import Batcher
 from services.aggregator.finisher import Finisher
 from shared import metrics
+from shared.batcher import Batcher
 from shared.cache import CacheKind
 from shared.database import Database, failed_bucket, insert_new, result_id
 from shared.lifecycle import progress_of
-from shared.messages import ImageResult, SourceRecord
+from shared.messages import ImageResult, ImageResults, SourceRecord
 from shared.timeutil import hour_key, utcnow
 
 log = structlog.get_logger()
@@ -77,6 +78,13 @@ class ResultTracker:
     async def handle(self, result: ImageResult, _message: AbstractIncomingMessage) -> None:
         structlog.contextvars.bind_contextvars(row=result.row, index=result.index)
         await self.batcher.submit(result)
+
+    async def handle_batch(self, batch: ImageResults, _message: AbstractIncomingMessage) -> None:
+        """Several results in one message (``image.done.batch``): acked once every one of them is recorded. They
+        join the same database batches as single results; a failed flush fails the message, and its redelivery
+        inserts again only what is missing (duplicate keys are ignored, and counted nowhere)."""
+        structlog.contextvars.bind_contextvars(results=len(batch.results))
+        await asyncio.gather(*(self.batcher.submit(result) for result in batch.results))
 
     async def _flush(self, results: list[ImageResult]) -> None:
         """Runs in a task of its own whose log context is a copy of one submitter's (its request, row and

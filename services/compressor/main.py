@@ -9,6 +9,7 @@ import aiohttp
 
 from services.compressor.frame_budget import set_pillow_backstop
 from services.compressor.output_cache import OutputCache
+from services.compressor.result_batches import ResultBatches
 from services.compressor.worker import CompressorWorker
 from shared import metrics
 from shared.broker import Broker
@@ -53,6 +54,11 @@ async def run() -> None:
             retry_base_ms=settings.retry_base_delay_ms,
             jpeg_fast_path=settings.jpeg_fast_path,
             cache=cache,
+            results=(
+                ResultBatches(broker, settings.result_batch, settings.result_batch_delay_ms / 1000)
+                if settings.result_batch > 1
+                else None
+            ),
             batch_concurrency=settings.compressor_prefetch,
         )
 
@@ -70,6 +76,8 @@ async def run() -> None:
             jpeg_fast_path=settings.jpeg_fast_path,
             cache=settings.cache,
             cache_policy=cache.fingerprint if cache is not None else None,
+            result_batch=settings.result_batch,
+            result_batch_delay_ms=settings.result_batch_delay_ms,
         )
         await stop.wait()
         log.info("compressor_stopping")

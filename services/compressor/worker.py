@@ -7,6 +7,7 @@ import hashlib
 import random
 from collections.abc import Callable
 from concurrent.futures import Executor
+from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from services.compressor.output_cache import (
     output_extensions,
     shared_object_metadata,
 )
+from services.compressor.result_batches import ResultBatches
 from shared import metrics
 from shared.broker import DELIVERY_LIMIT, Broker, delivery_count
 from shared.cache import CacheKind, is_shared_object, url_record_id
@@ -72,6 +74,8 @@ class CompressorWorker:
     retry_base_ms: int
     jpeg_fast_path: bool = True
     cache: OutputCache | None = None  # None: PIXPRESS_CACHE=off
+    # None: one image.done message per result (PIXPRESS_RESULT_BATCH=1), as compressors before batching did
+    results: ResultBatches | None = None
     batch_concurrency: int = 8  # images of batches in progress at once (PIXPRESS_COMPRESSOR_PREFETCH)
 
     def __post_init__(self) -> None:
@@ -86,28 +90,34 @@ class CompressorWorker:
         suspect queue, where every compressor takes one task at a time: there a crash hurts only its culprit.
         """
         structlog.contextvars.bind_contextvars(row=task.row, index=task.index, attempt=task.attempt)
-        deliveries = delivery_count(message)
-        if deliveries >= 1:
-            log.warning("image_quarantined", deliveries=deliveries)
-            await self.broker.publish(RoutingKey.IMAGE_SUSPECT, task)
-            metrics.IMAGES_QUARANTINED.inc()
-            return
-        await self._process(task)
+        with self._working():
+            deliveries = delivery_count(message)
+            if deliveries >= 1:
+                log.warning("image_quarantined", deliveries=deliveries)
+                await self.broker.publish(RoutingKey.IMAGE_SUSPECT, task)
+                metrics.IMAGES_QUARANTINED.inc()
+                return
+            await self._process(task)
 
     async def handle_suspect(self, task: ImageTask, message: AbstractIncomingMessage) -> None:
         """Tasks from ``compressor.images.suspect``, one at a time (prefetch 1)."""
         structlog.contextvars.bind_contextvars(row=task.row, index=task.index, attempt=task.attempt, suspect=True)
-        deliveries = delivery_count(message)
-        if deliveries >= DELIVERY_LIMIT - 1:
-            # it was taken, alone, by compressors that died before acking it (or failed with it, e.g. storage
-            # down longer than the backoff spans), again and again. Settle it as failed rather than let the
-            # broker dead-letter it silently and leave its request Processing until the sweeper re-issues it
-            # into the same fate.
-            attempts = deliveries + 1  # its deliveries here, plus the one that sent it here
-            reason = f"processing failed or was interrupted {attempts} times; giving up on this image"
-            await self._fail(task, reason, 0)
-            return
-        await self._process(task)
+        with self._working():
+            deliveries = delivery_count(message)
+            if deliveries >= DELIVERY_LIMIT - 1:
+                # it was taken, alone, by compressors that died before acking it (or failed with it, e.g. storage
+                # down longer than the backoff spans), again and again. Settle it as failed rather than let the
+                # broker dead-letter it silently and leave its request Processing until the sweeper re-issues it
+                # into the same fate.
+                attempts = deliveries + 1  # its deliveries here, plus the one that sent it here
+                reason = f"processing failed or was interrupted {attempts} times; giving up on this image"
+                await self._fail(task, reason, 0)
+                return
+            await self._process(task)
+
+    def _working(self) -> AbstractContextManager[None]:
+        """While a task is handled, results finishing elsewhere may wait for its result to share their message."""
+        return self.results.working() if self.results is not None else nullcontext()
 
     async def handle_batch(self, batch: ImageBatch, message: AbstractIncomingMessage) -> None:
         """Tasks from ``compressor.images.batch``: known URLs, revalidated together, results published together.
@@ -136,7 +146,11 @@ class CompressorWorker:
                     group.create_task(self._process_slot(task))
         finally:
             _collected.reset(token)
-        await metrics.timed("publish", self.broker.publish_many(RoutingKey.IMAGE_DONE, [r for r, _ in results]))
+        settled = [r for r, _ in results]
+        if self.results is not None:
+            await self.results.publish(settled)
+        else:
+            await metrics.timed("publish", self.broker.publish_many(RoutingKey.IMAGE_DONE, settled))
         for _result, count in results:
             count()
 
@@ -146,13 +160,17 @@ class CompressorWorker:
             await self._process(task)
 
     async def _emit(self, result: ImageResult, count: Callable[[], None]) -> None:
-        """Publish a result, or hand it to the batch being processed (``process_batch``); ``count`` updates the
-        metrics once the broker has confirmed the result, so an image counts once, when it is settled."""
+        """Publish a result (with others finishing close to it, ``results``), or hand it to the batch being
+        processed (``process_batch``); ``count`` updates the metrics once the broker has confirmed the message
+        holding the result, so an image counts once, when it is settled."""
         collected = _collected.get()
         if collected is not None:
             collected.append((result, count))
             return
-        await metrics.timed("publish", self.broker.publish(RoutingKey.IMAGE_DONE, result))
+        if self.results is not None:
+            await self.results.submit(result)
+        else:
+            await metrics.timed("publish", self.broker.publish(RoutingKey.IMAGE_DONE, result))
         count()
 
     async def _process(self, task: ImageTask) -> None:
