@@ -11,15 +11,18 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+import pytest_asyncio
+from pymongo import AsyncMongoClient
 
-from testkit.stack import create_vhost, delete_vhost, servers, services
+from testkit.stack import create_vhost, delete_vhost, servers, service_settings, services
 from tests.support.client import API
 from tests.support.servers import ImageHost, WebhookReceiver
 
-STACK_FIXTURES = frozenset({"stack", "stack_api", "vhost"})
+STACK_FIXTURES = frozenset({"stack", "stack_api", "vhost", "mongo"})
 PURE_MARK = "pytestmark = pytest.mark.pure"
 
 
@@ -115,3 +118,12 @@ async def vhost() -> AsyncIterator[str]:
             yield name
         finally:
             await delete_vhost(http, name)
+
+
+@pytest_asyncio.fixture(scope="module")
+async def mongo() -> AsyncIterator[Any]:
+    """The stack's database, for tests that stage documents or read what the services wrote."""
+    settings = service_settings()
+    client: AsyncMongoClient = AsyncMongoClient(settings.mongo_url.get_secret_value(), serverSelectionTimeoutMS=5000)
+    yield client[settings.mongo_db]
+    await client.close()

@@ -32,7 +32,6 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient
 from minio import Minio
 from pydantic import SecretStr
-from pymongo import AsyncMongoClient
 
 from shared.settings import Settings
 from testkit.stack import service_settings
@@ -71,14 +70,6 @@ async def photos(stack: str, http: aiohttp.ClientSession) -> AsyncIterator[Photo
     for request_id in served.accepted:  # let the compressors finish with the host before it goes away
         await wait_final(http, request_id, timeout=120)
     await host.stop()
-
-
-@pytest_asyncio.fixture(scope="module")
-async def mongo() -> AsyncIterator[Any]:
-    settings = service_settings()
-    client: AsyncMongoClient = AsyncMongoClient(settings.mongo_url.get_secret_value(), serverSelectionTimeoutMS=5000)
-    yield client[settings.mongo_db]
-    await client.close()
 
 
 @pytest.fixture(scope="module")
@@ -763,4 +754,3 @@ async def test_the_openapi_document_needs_the_key_and_the_docs_shell_does_not(ke
             assert not any(route in shell for route in ("/upload", "/status/", "/requests/", "max_rows")), path
     async with keyed_api.get("/docs/anything-else") as response:  # open routes, not an open path prefix
         assert response.status == 401
-

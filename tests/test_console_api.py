@@ -13,7 +13,6 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 from pydantic import SecretStr
-from pymongo import AsyncMongoClient
 
 from services.aggregator.tracker import result_document
 from services.ingest.console import CSP
@@ -22,20 +21,11 @@ from services.ingest.product_pages import MAX_SEARCHED_ROWS
 from services.ingest.records import product_document
 from shared.messages import ImageResult
 from shared.settings import Settings
-from testkit.stack import service_settings
 from tests.support.apps import serve_api
 from tests.support.client import API, csv_text, upload, wait_final
 from tests.support.photos import encode, photo, photo_bytes
 from tests.support.servers import ImageHost
 from tests.support.staged import request_document
-
-
-@pytest_asyncio.fixture(scope="module")
-async def mongo() -> AsyncIterator[Any]:
-    settings = service_settings()
-    client: AsyncMongoClient = AsyncMongoClient(settings.mongo_url.get_secret_value(), serverSelectionTimeoutMS=5000)
-    yield client[settings.mongo_db]
-    await client.close()
 
 
 async def products(http: aiohttp.ClientSession, request_id: str, query: str) -> tuple[int, dict]:
