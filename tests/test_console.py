@@ -302,3 +302,32 @@ async def test_a_catalog_uploaded_again_shows_which_images_were_reused_and_how(
         await see_every_preview(page, "Compressed", 2)
         await page.screenshot(path=tmp_path / "reused.png", full_page=True)
         watched.assert_clean()
+
+
+async def test_a_webhook_delivered_after_the_request_ended_shows_up_without_a_reload(
+    stack: str, browser: Browser, image_host: ImageHost, webhook: WebhookReceiver, tmp_path: Path
+):
+    """The webhook is sent only once the request has ended, and retried for minutes if need be: the page must keep
+    following it after Completed. The receiver holds the delivery open until the page has shown Completed with the
+    webhook still pending, then answers."""
+    webhook.hold = asyncio.Event()
+    photo = image_host.add("late-hook.png", unique_photo("chelsea.png"), "image/png")
+    async with watched_page(browser) as watched:
+        page = watched.page
+        await upload_through_the_page(page, API, csv_text([("W-1", "Late webhook", [photo])]), webhook.url("/hook"))
+        await page.wait_for_url(REQUEST_PAGE)
+        await expect(page.locator("#status")).to_have_text("Completed", timeout=90_000)
+        summary = page.locator("#webhook-summary")
+        await expect(summary).to_contain_text("pending (0 attempts")
+        for _ in range(100):  # the delivery is in flight, held by the receiver
+            if webhook.deliveries:
+                break
+            await asyncio.sleep(0.1)
+        assert webhook.deliveries, "the notifier never called the webhook"
+        navigations = len(watched.navigations)
+        webhook.hold.set()
+        await expect(summary).to_contain_text("delivered (1 attempt", timeout=15_000)
+        await expect(page.locator("#webhook-rows tr")).to_have_count(1)
+        assert len(watched.navigations) == navigations, "the page was reloaded or left"
+        await page.screenshot(path=tmp_path / "late-webhook.png", full_page=True)
+        watched.assert_clean()

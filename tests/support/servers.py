@@ -198,7 +198,7 @@ class WebhookReceiver(LocalServer):
 
     deliveries: list[Delivery] = field(default_factory=list)
     responses: list[int] = field(default_factory=list)
-    on_delivery: Callable[[Delivery], None] | None = None
+    hold: asyncio.Event | None = None  # when given, every answer waits until it is set (the delivery is in flight)
 
     def __post_init__(self) -> None:
         super().__init__()
@@ -208,6 +208,8 @@ class WebhookReceiver(LocalServer):
     async def _hook(self, request: web.Request) -> web.Response:
         delivery = Delivery(dict(request.headers), await request.read())
         self.deliveries.append(delivery)
+        if self.hold is not None:
+            await self.hold.wait()
         status = self.responses.pop(0) if self.responses else 204
         if 200 <= status < 300:
             self.arrived.set()

@@ -290,8 +290,12 @@
       settled = now;
       await loadProducts();
     }
+    // the webhook is sent after the request ends and may be retried for minutes: follow it until it is decided
+    const webhookOpen = detail.webhook && (detail.webhook.state === "pending" || detail.webhook.state === "retrying");
     if (open || settled !== now) {
       setTimeout(poll, POLL_MS);
+    } else if (webhookOpen) {
+      setTimeout(poll, POLL_MS * 2);
     }
   }
   poll();
