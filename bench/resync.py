@@ -172,7 +172,7 @@ async def main_async(args: argparse.Namespace) -> None:
             for round_no in range(1, args.rounds + 1):
                 loads.append(os.getloadavg()[0])
                 print(f"round {round_no} (load average {loads[-1]:.1f})", flush=True)
-                pipeline = Pipeline(args.compressors, 1, names=NAMES)
+                pipeline = Pipeline(args.compressors, 1, names=NAMES, output_cache=True)
                 rounds.append(await one_round(http, pipeline, bodies, spares, round_no))
                 loads.append(os.getloadavg()[0])
         finally:

@@ -352,8 +352,10 @@ class Pipeline:
         compressor_env: dict[str, str] | None = None,
         compressor_cores: set[int] | None = None,
         names: tuple[str, str, str] = (VHOST, DATABASE, BUCKET),
+        output_cache: bool = False,
     ) -> None:
         self.procs, self.threads = procs, threads
+        self.output_cache = output_cache
         self.vhost_prefix, self.database, self.bucket = names
         self.compressor_env = compressor_env or {}
         self.compressor_cores = compressor_cores
@@ -380,9 +382,10 @@ class Pipeline:
             "PIXPRESS_API_PORT": str(self.port),
             "PIXPRESS_ALLOW_PRIVATE_URLS": "true",  # the photographs are served from 127.0.0.1
             "PIXPRESS_LOG_LEVEL": "INFO",
-            # the runs of a configuration share their database and bucket: with the output cache on, every run
-            # after the first would reuse the first one's outputs and run no codec (bench/resync.py measures that)
-            "PIXPRESS_CACHE": "off",
+            # off unless asked: the runs of a configuration share their database and bucket, so with the output
+            # cache on every run after the first would reuse the first one's outputs and run no codec
+            # (bench/resync.py asks for it: measuring that reuse is its point)
+            "PIXPRESS_CACHE": "on" if self.output_cache else "off",
             "PYTHONUNBUFFERED": "1",
             **extra,
         }
