@@ -9,7 +9,6 @@ know, and messages that lack a field they need, and reads the outcome from the d
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -17,17 +16,15 @@ from typing import Any
 
 import aiohttp
 import pytest_asyncio
-from pymongo import AsyncMongoClient
 
 from services.ingest.csv_parser import ProductRow
 from services.ingest.records import product_document
 from shared.database import product_id
 from shared.messages import RequestFinished, RequestStatus, RoutingKey
-from testkit.stack import service_env
-from tests.support.guarded import GuardedServices, guarded_services
+from tests.support.guarded import GuardedServices, guarded_database, guarded_services
 from tests.support.photos import encode, photo
 from tests.support.servers import ImageHost
-from tests.support.staged import insert_as_ingest, request_document
+from tests.support.staged import final_request, insert_as_ingest, request_document
 
 # fields a later version might add: a priority for the task, a thumbnail for the result (not the output cache's
 # fields: those are known now)
@@ -43,9 +40,8 @@ async def services() -> AsyncIterator[GuardedServices]:
 
 @pytest_asyncio.fixture(scope="module")
 async def database(services: GuardedServices) -> AsyncIterator[Any]:
-    client: AsyncMongoClient = AsyncMongoClient(service_env().get("PIXPRESS_MONGO_URL", "mongodb://127.0.0.1:27017/"))
-    yield client[services.database]
-    await client.close()
+    async with guarded_database(services) as database:
+        yield database
 
 
 async def fanned_out_request(database: Any, url: str) -> str:
@@ -60,17 +56,6 @@ async def fanned_out_request(database: Any, url: str) -> str:
 
 def task(request_id: str, url: str) -> dict[str, Any]:
     return {"request_id": request_id, "product_id": product_id(request_id, 1), "row": 1, "index": 0, "url": url}
-
-
-async def final_request(database: Any, request_id: str, timeout: float = 60.0) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        request = await database.requests.find_one({"_id": request_id})
-        if request["status"] in (RequestStatus.COMPLETED.value, RequestStatus.FAILED.value):
-            return request
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"request {request_id} not final after {timeout}s: {request['status']}")
 
 
 async def finished_event(services: GuardedServices, request_id: str) -> RequestFinished:

@@ -17,7 +17,6 @@ from typing import Any
 
 import aio_pika
 import pytest_asyncio
-from pymongo import AsyncMongoClient
 
 from services.compressor.result_batches import ResultBatches
 from services.ingest.csv_parser import ProductRow
@@ -25,11 +24,11 @@ from services.ingest.records import product_document
 from shared.broker import Broker
 from shared.database import product_id
 from shared.messages import ImageResult, ImageResults, ImageTask, Queue, RequestStatus, RoutingKey
-from testkit.stack import amqp_url, service_env
-from tests.support.guarded import GuardedServices, guarded_services
+from testkit.stack import amqp_url
+from tests.support.guarded import GuardedServices, guarded_database, guarded_services
 from tests.support.photos import encode, photo
 from tests.support.servers import ImageHost
-from tests.support.staged import insert_as_ingest, request_document
+from tests.support.staged import final_request, insert_as_ingest, request_document
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -46,9 +45,8 @@ async def services() -> AsyncIterator[GuardedServices]:
 
 @pytest_asyncio.fixture(scope="module")
 async def database(services: GuardedServices) -> AsyncIterator[Any]:
-    client: AsyncMongoClient = AsyncMongoClient(service_env().get("PIXPRESS_MONGO_URL", "mongodb://127.0.0.1:27017/"))
-    yield client[services.database]
-    await client.close()
+    async with guarded_database(services) as database:
+        yield database
 
 
 async def fanned_out_request(database: Any, rows: list[list[str]]) -> str:
@@ -75,17 +73,6 @@ def result(request_id: str, row: int, index: int, bytes_in: int = 1000, bytes_ou
         bytes_out=bytes_out,
         codec="dct",
     )
-
-
-async def final_request(database: Any, request_id: str, timeout: float = 60.0) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        request = await database.requests.find_one({"_id": request_id})
-        if request["status"] in (RequestStatus.COMPLETED.value, RequestStatus.FAILED.value):
-            return request
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"request {request_id} not final after {timeout}s: {request['status']}")
 
 
 async def recorded(database: Any, request_id: str, count: int, timeout: float = 30.0) -> None:

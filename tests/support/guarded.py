@@ -23,6 +23,8 @@ from pathlib import Path
 
 import aio_pika
 import aiohttp
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.messages import Message, RoutingKey
 from testkit.stack import REPO, STATE, create_vhost, delete_vhost, service_env
@@ -152,3 +154,13 @@ def _drop_database(settings: dict[str, str], name: str) -> None:
         client.drop_database(name)
     finally:
         client.close()
+
+
+@asynccontextmanager
+async def guarded_database(services: GuardedServices) -> AsyncIterator[AsyncDatabase]:
+    """The database of ``services`` (their own, not the stack's), for staging requests and reading results."""
+    client: AsyncMongoClient = AsyncMongoClient(service_env().get("PIXPRESS_MONGO_URL", "mongodb://127.0.0.1:27017/"))
+    try:
+        yield client[services.database]
+    finally:
+        await client.close()
