@@ -206,66 +206,60 @@ async def published(vhost: str) -> list[ImageResults]:
         return found
 
 
-async def test_a_lone_result_goes_at_once_without_waiting_for_the_delay(vhost: str):
-    broker = Broker(amqp_url(vhost))
-    await broker.connect(wait_seconds=10)
+@pytest_asyncio.fixture
+async def broker(vhost: str) -> AsyncIterator[Broker]:
+    """A compressor's broker connection on the test's own vhost, for driving ``ResultBatches`` directly."""
+    connected = Broker(amqp_url(vhost))
+    await connected.connect(wait_seconds=10)
     try:
-        batches = ResultBatches(broker, max_results=16, max_delay=LONG)
+        yield connected
+    finally:
+        await connected.close()
+
+
+async def finish_with_result(batches: ResultBatches, row: int) -> None:
+    """A task as the compressor handles one: in progress, then its result submitted and confirmed."""
+    with batches.working():
+        await batches.submit(result("r", row, 0))
+
+
+async def test_a_lone_result_goes_at_once_without_waiting_for_the_delay(vhost: str, broker: Broker):
+    batches = ResultBatches(broker, max_results=16, max_delay=LONG)
+    with batches.working():
+        await asyncio.wait_for(batches.submit(result("r", 1, 0)), timeout=30)
+    assert [[r.row for r in b.results] for b in await published(vhost)] == [[1]]
+
+
+async def test_results_wait_for_tasks_still_in_progress_and_go_when_the_last_ends(vhost: str, broker: Broker):
+    batches = ResultBatches(broker, max_results=16, max_delay=LONG)
+    retried = asyncio.Event()
+
+    async def task_without_result() -> None:  # e.g. a download retry parked in a delay queue
         with batches.working():
-            await asyncio.wait_for(batches.submit(result("r", 1, 0)), timeout=30)
-        assert [[r.row for r in b.results] for b in await published(vhost)] == [[1]]
-    finally:
-        await broker.close()
+            await retried.wait()
+
+    other = asyncio.create_task(task_without_result())
+    await asyncio.sleep(0)  # it is in progress before the two others finish
+    waiting = [asyncio.create_task(finish_with_result(batches, row)) for row in (1, 2)]
+    await asyncio.sleep(0.5)
+    assert not any(t.done() for t in waiting), "results went while another task could still join them"
+    assert await published(vhost) == []
+    retried.set()  # the last task in progress ends without a result: nothing else can join
+    await asyncio.wait_for(asyncio.gather(*waiting, other), timeout=30)
+    assert [sorted(r.row for r in b.results) for b in await published(vhost)] == [[1, 2]]
 
 
-async def test_results_wait_for_tasks_still_in_progress_and_go_when_the_last_ends(vhost: str):
-    broker = Broker(amqp_url(vhost))
-    await broker.connect(wait_seconds=10)
-    try:
-        batches = ResultBatches(broker, max_results=16, max_delay=LONG)
-        retried = asyncio.Event()
+async def test_a_full_batch_goes_without_waiting_for_the_tasks_in_progress(vhost: str, broker: Broker):
+    batches = ResultBatches(broker, max_results=2, max_delay=LONG)
+    busy = asyncio.Event()
 
-        async def task(row: int) -> None:
-            with batches.working():
-                await batches.submit(result("r", row, 0))
+    async def slow_task() -> None:
+        with batches.working():
+            await busy.wait()
 
-        async def task_without_result() -> None:  # e.g. a download retry parked in a delay queue
-            with batches.working():
-                await retried.wait()
-
-        other = asyncio.create_task(task_without_result())
-        await asyncio.sleep(0)  # it is in progress before the two others finish
-        waiting = [asyncio.create_task(task(row)) for row in (1, 2)]
-        await asyncio.sleep(0.5)
-        assert not any(t.done() for t in waiting), "results went while another task could still join them"
-        assert await published(vhost) == []
-        retried.set()  # the last task in progress ends without a result: nothing else can join
-        await asyncio.wait_for(asyncio.gather(*waiting, other), timeout=30)
-        assert [sorted(r.row for r in b.results) for b in await published(vhost)] == [[1, 2]]
-    finally:
-        await broker.close()
-
-
-async def test_a_full_batch_goes_without_waiting_for_the_tasks_in_progress(vhost: str):
-    broker = Broker(amqp_url(vhost))
-    await broker.connect(wait_seconds=10)
-    try:
-        batches = ResultBatches(broker, max_results=2, max_delay=LONG)
-        busy = asyncio.Event()
-
-        async def task(row: int) -> None:
-            with batches.working():
-                await batches.submit(result("r", row, 0))
-
-        async def slow_task() -> None:
-            with batches.working():
-                await busy.wait()
-
-        slow = asyncio.create_task(slow_task())
-        await asyncio.sleep(0)
-        await asyncio.wait_for(asyncio.gather(task(1), task(2)), timeout=30)
-        assert [sorted(r.row for r in b.results) for b in await published(vhost)] == [[1, 2]]
-        busy.set()
-        await slow
-    finally:
-        await broker.close()
+    slow = asyncio.create_task(slow_task())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(asyncio.gather(finish_with_result(batches, 1), finish_with_result(batches, 2)), timeout=30)
+    assert [sorted(r.row for r in b.results) for b in await published(vhost)] == [[1, 2]]
+    busy.set()
+    await slow

@@ -281,6 +281,7 @@ class CompressorWorker:
         self, task: ImageTask, output: Output, bytes_in: int, cache: CacheKind | None, source: SourceRecord | None
     ) -> None:
         key, bytes_out, codec = output.key, output.size, output.codec
+        kind = cache.value if cache is not None else None
         codec_run = None if cache is not None else codec  # a reused output ran no codec now
         await self._emit(
             task.settled(
@@ -292,11 +293,11 @@ class CompressorWorker:
                 format_in=output.format_in,
                 format_out=output.format_out,
                 cached=cache is not None,
-                cache=cache.value if cache is not None else None,
+                cache=kind,
                 cache_object=key if is_shared_object(key) else None,
                 source=source,
             ),
-            lambda: metrics.image_ok(bytes_in, bytes_out, codec_run, cache.value if cache is not None else None),
+            lambda: metrics.image_ok(bytes_in, bytes_out, codec_run, kind),
         )
         log.info(
             "image_done",
@@ -305,7 +306,7 @@ class CompressorWorker:
             format=output.format_out,
             codec=codec,
             cached=cache is not None,
-            cache=cache.value if cache is not None else None,
+            cache=kind,
             key=key,
         )
 
